@@ -1,0 +1,114 @@
+"""The ``fedwsa`` command: run, partitions, keys (and the result tools of later issues)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedwsa.config import Config, ConfigError, make_config, markdown_table, parse_overrides
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    return make_config(parse_overrides(args.config))
+
+
+def simulate(config: Config, num_supernodes: int = 1, num_gpus: float = 0.0) -> Path:
+    """Run ``config`` in-process with Flower's simulation engine; returns the run directory."""
+    from flwr.simulation import run_simulation
+
+    from fedwsa.clients.client_app import app as client_app
+    from fedwsa.rundir import default_run_dir
+    from fedwsa.server_app import make_server_app
+
+    if not config.run_dir:
+        config = config.replace(run_dir=str(default_run_dir(config)))
+    cpus = max(1, (os.cpu_count() or 1) // max(1, num_supernodes)) if num_gpus == 0 else 1
+    run_simulation(
+        server_app=make_server_app(config),
+        client_app=client_app,
+        num_supernodes=num_supernodes,
+        backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": num_gpus}},
+    )
+    return Path(config.run_dir)
+
+
+def check_inputs(config: Config) -> None:
+    """Fail fast on what only the data can tell (a missing file, too few examples)."""
+    from fedwsa.clients.node import client_partitions
+    from fedwsa.data import load_dataset
+
+    data = load_dataset(config.dataset, config.data_root, config.seed)
+    client_partitions(config, data.y_train.numpy())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config_from(args)
+    if args.num_supernodes < 1:
+        raise ConfigError("--num-supernodes", args.num_supernodes, "an integer >= 1")
+    check_inputs(config)
+    run_dir = simulate(config, args.num_supernodes, args.num_gpus)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_partitions(args: argparse.Namespace) -> int:
+    from fedwsa.clients.node import client_partitions
+    from fedwsa.data import load_dataset
+    from fedwsa.partitions import class_counts, format_summary, partition_summary, plot_heatmap
+
+    config = _config_from(args)
+    data = load_dataset(config.dataset, config.data_root, config.seed)
+    labels = data.y_train.numpy()
+    parts = client_partitions(config, labels)
+    print(format_summary(partition_summary(parts, labels, data.num_classes)))
+    out = Path(args.out or f"partitions-{config.dataset}-{config.partition}.png")
+    title = (f"{config.dataset}: {config.partition} partition over {config.num_clients} clients"
+             + (f" (alpha={config.alpha})" if config.partition in ("dirichlet", "quantity")
+                else ""))
+    plot_heatmap(class_counts(parts, labels, data.num_classes), out, title)
+    print(f"heat map: {out}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    print(markdown_table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedwsa", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a simulation in-process (same keys as flwr run)")
+    run.add_argument("-c", "--config", action="append",
+                     help="run-config overrides, e.g. \"num-clients=20 dataset='synthetic'\"")
+    run.add_argument("--num-supernodes", type=int, default=1,
+                     help="Flower SuperNodes; the cohort is split over them (default 1)")
+    run.add_argument("--num-gpus", type=float, default=0.0,
+                     help="GPUs per SuperNode in Flower's backend config (1 = a node per GPU)")
+    run.set_defaults(func=cmd_run)
+
+    parts = sub.add_parser("partitions", help="partition statistics and a heat map")
+    parts.add_argument("-c", "--config", action="append")
+    parts.add_argument("--out", help="heat-map PNG path")
+    parts.set_defaults(func=cmd_partitions)
+
+    keys = sub.add_parser("keys", help="print every config key with its default")
+    keys.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, ValueError) as err:  # bad input: one clear line, status 2
+        print(f"fedwsa: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

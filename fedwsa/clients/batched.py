@@ -1,0 +1,197 @@
+"""The batched trainer: a node trains its whole cohort at once with ``torch.func``.
+
+The clients' weights are stacked on a leading axis (``stack_module_state``-style) and one
+``vmap(grad(loss))`` call computes every client's gradient for its own mini-batch; SGD with
+momentum and weight decay is applied to the stacked tensors. It computes, per client, what the
+sequential trainer computes:
+
+- Ragged clients: every client's batches are laid out on a step axis; clients are sorted by
+  step count, longest first, so the clients still training at step t are always a prefix of the
+  stack and only that prefix is computed (a finished client gets no update and costs nothing).
+- A short last batch is padded and weighted per sample (weight 1/b on its b real examples, 0 on
+  padding), which gives the same mean loss and gradient as the short batch itself.
+- Batches are gathered by index from the uint8 train set on the device, augmented there in batch
+  with each client's own seeded draws (the same draws the sequential trainer makes).
+- Cohorts larger than ``max-batched-clients`` are trained in chunks of similar step counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+
+from fedwsa.clients.batches import epoch_plan, load_images
+from fedwsa.clients.node import NodeData
+from fedwsa.clients.trainer import CohortResult, CohortTask, LocalSettings, num_batches
+from fedwsa.scope import wsa_penalty
+
+
+@dataclass
+class ChunkLayout:
+    """A chunk's batches on a step axis: client x step x slot (padded), longest client first."""
+
+    client_ids: list[int]
+    steps: torch.Tensor          # [K] local steps per client, descending
+    indices: torch.Tensor        # [K, T, B] dataset indices (0 on padding)
+    sample_weight: torch.Tensor  # [K, T, B] 1/b on real samples, 0 on padding
+    last_epoch: torch.Tensor     # [K, T] True where the step belongs to the last epoch
+    offsets: torch.Tensor | None  # [K, T, B, 2] crop offsets when augmenting
+    flips: torch.Tensor | None    # [K, T, B]
+
+
+def plan_chunks(sizes: dict[int, int], settings: LocalSettings, max_clients: int
+                ) -> list[list[int]]:
+    """Client ids in chunks of at most ``max_clients`` (0 = one chunk), longest first.
+
+    Sorting by step count puts clients of similar length together, so little of a chunk's time
+    is spent on clients that have already finished.
+    """
+    order = sorted(sizes, key=lambda c: (-num_batches(sizes[c], settings.batch_size), c))
+    size = max_clients if max_clients > 0 else max(len(order), 1)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def layout_chunk(data: NodeData, client_ids: list[int], settings: LocalSettings,
+                 server_round: int) -> ChunkLayout:
+    """Lay out every client's epochs (same seeded order and draws as the sequential trainer)."""
+    s, dev = settings, data.device
+    B = s.batch_size
+    steps = [s.local_epochs * num_batches(data.client_size(c), B) for c in client_ids]
+    K, T = len(client_ids), max(steps)
+    indices = torch.zeros(K, T * B, dtype=torch.long, device=dev)
+    weight = torch.zeros(K, T * B, dtype=torch.float32, device=dev)
+    last = torch.zeros(K, T, dtype=torch.bool, device=dev)
+    offsets = torch.full((K, T * B, 2), 4, dtype=torch.long, device=dev) if s.augment else None
+    flips = torch.zeros(K, T * B, dtype=torch.bool, device=dev) if s.augment else None
+    for k, cid in enumerate(client_ids):
+        n = data.client_size(cid)
+        per_epoch = num_batches(n, B)
+        # Slot of each example in a padded epoch: batch j holds examples j*B ... j*B+b-1.
+        slot = torch.arange(n, device=dev)
+        last_size = n - (per_epoch - 1) * B
+        w = torch.full((n,), 1.0 / B, device=dev)
+        w[(per_epoch - 1) * B:] = 1.0 / last_size
+        for epoch in range(s.local_epochs):
+            plan = epoch_plan(data, cid, s.seed, server_round, epoch, s.augment)
+            pos = epoch * per_epoch * B + slot
+            indices[k, pos] = plan.order
+            weight[k, pos] = w
+            if offsets is not None and flips is not None:
+                offsets[k, pos] = plan.offsets
+                flips[k, pos] = plan.flips
+        last[k, (s.local_epochs - 1) * per_epoch: s.local_epochs * per_epoch] = True
+    shape = (K, T, B)
+    return ChunkLayout(
+        client_ids=list(client_ids),
+        steps=torch.tensor(steps),
+        indices=indices.view(shape),
+        sample_weight=weight.view(shape),
+        last_epoch=last,
+        offsets=None if offsets is None else offsets.view(*shape, 2),
+        flips=None if flips is None else flips.view(shape),
+    )
+
+
+class BatchedTrainer:
+    """Trains a node's cohort together with ``vmap`` over stacked weights."""
+
+    def __init__(self, model: nn.Module, data: NodeData, settings: LocalSettings,
+                 max_clients: int = 0, precision: str = "fp32") -> None:
+        self.model = model.to(data.device)
+        self.data = data
+        self.settings = settings
+        self.max_clients = max_clients
+        self.precision = precision
+        self._wsa_names: list[str] = []
+        self._grad = vmap(grad(self._loss, has_aux=True), in_dims=(0, 0, 0, 0, 0, 0, 0))
+
+    def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+              w: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One client's objective on one (padded) batch: weighted CE + beta * WSA penalty."""
+        autocast = (torch.autocast(self.data.device.type, dtype=torch.bfloat16)
+                    if self.precision == "bf16" else contextlib.nullcontext())
+        with autocast:
+            logits = functional_call(self.model, params, (x,))
+        ce = F.cross_entropy(logits.float(), y, reduction="none")
+        ce_mean = (ce * w).sum()
+        loss = ce_mean
+        if self._wsa_names:
+            loss = loss + beta * wsa_penalty(params, self._wsa_names, mu, sigma)
+        return loss, ce.detach()
+
+    def train(self, task: CohortTask) -> CohortResult:
+        sizes = {c: self.data.client_size(c) for c in task.client_ids}
+        self._wsa_names = list(task.wsa.names) if task.wsa is not None and task.wsa.beta > 0 \
+            else []
+        results: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
+        computed = real = 0.0
+        t0 = time.perf_counter()
+        for chunk in plan_chunks(sizes, self.settings, self.max_clients):
+            layout = layout_chunk(self.data, chunk, self.settings, task.server_round)
+            params, losses, c, r = self._train_chunk(task, layout)
+            computed, real = computed + c, real + r
+            for k, cid in enumerate(chunk):
+                results[cid] = ({n: v[k] for n, v in params.items()}, losses[k])
+        ids = list(task.client_ids)
+        stacked = {n: torch.stack([results[c][0][n] for c in ids])
+                   for n in task.global_params}
+        return CohortResult(
+            client_ids=ids,
+            params=stacked,
+            num_examples=[sizes[c] for c in ids],
+            train_loss=[results[c][1] for c in ids],
+            stats={"wasted-fraction": 1.0 - real / max(computed, 1.0),
+                   "train-s": time.perf_counter() - t0},
+        )
+
+    def _train_chunk(self, task: CohortTask, layout: ChunkLayout
+                     ) -> tuple[dict[str, torch.Tensor], list[float], float, float]:
+        """SGD for one chunk; returns weights, last-epoch mean CE, computed and real samples."""
+        s, data, dev = self.settings, self.data, self.data.device
+        K, T, B = layout.indices.shape
+        params = {n: v.to(dev).unsqueeze(0).repeat(K, *([1] * v.dim()))
+                  for n, v in task.global_params.items()}
+        bufs = {n: torch.zeros_like(v) for n, v in params.items()}
+        if self._wsa_names and task.wsa is not None:
+            beta = torch.full((K,), task.wsa.beta, device=dev)
+            mu = task.wsa.mu.to(dev).expand(K, -1)
+            sigma = task.wsa.sigma.to(dev).expand(K, -1)
+        else:
+            beta, mu, sigma = (torch.zeros(K, device=dev), torch.zeros(K, 1, device=dev),
+                               torch.ones(K, 1, device=dev))
+        loss_sum = torch.zeros(K, device=dev)
+        steps = layout.steps.tolist()
+        computed = 0.0
+        for t in range(T):
+            k = sum(1 for n in steps if n > t)  # active clients: a prefix (sorted descending)
+            idx = layout.indices[:k, t]
+            w = layout.sample_weight[:k, t]
+            x = load_images(
+                data, idx,
+                None if layout.offsets is None else layout.offsets[:k, t],
+                None if layout.flips is None else layout.flips[:k, t],
+            )
+            active = {n: v[:k] for n, v in params.items()}
+            grads, ce = self._grad(active, x, data.labels[idx], w, beta[:k], mu[:k], sigma[:k])
+            with torch.no_grad():
+                real_mask = (w > 0).float()
+                loss_sum[:k] += (ce * real_mask).sum(dim=1) * layout.last_epoch[:k, t]
+                for n, p in active.items():
+                    g = grads[n]
+                    if s.weight_decay:
+                        g = g.add(p, alpha=s.weight_decay)
+                    buf = bufs[n][:k]
+                    buf.mul_(s.momentum).add_(g)
+                    p.add_(buf, alpha=-s.lr)
+            computed += k * B
+        real = float((layout.sample_weight > 0).sum())
+        per_epoch_n = [data.client_size(c) for c in layout.client_ids]
+        losses = [float(loss_sum[i]) / max(n, 1) for i, n in enumerate(per_epoch_n)]
+        return params, losses, computed, real

@@ -1,0 +1,38 @@
+"""The Flower ``ClientApp``: one call trains a node's whole cohort and answers with one Message."""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedwsa.clients.node import node_data
+from fedwsa.clients.trainer import CohortTask, WsaTarget
+from fedwsa.clients.trainers import build_trainer
+from fedwsa.config import Config
+from fedwsa.protocol import TrainReply, pack_reply, unpack_request
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the clients listed in ``msg`` from its global model; reply with their weights."""
+    request = unpack_request(msg.content)
+    config = Config.from_json(request.run_config)
+    data = node_data(config)
+    trainer = build_trainer(config, data)
+    wsa = None
+    if request.wsa is not None:
+        import torch
+
+        wsa = WsaTarget(
+            beta=float(request.wsa["beta"]),
+            names=tuple(request.wsa["names"]),
+            mu=torch.tensor(request.wsa["mu"], dtype=torch.float32),
+            sigma=torch.tensor(request.wsa["sigma"], dtype=torch.float32),
+        )
+    result = trainer.train(CohortTask(request.server_round, request.client_ids,
+                                      request.global_params, wsa))
+    reply = TrainReply(result.client_ids, result.params, result.num_examples,
+                       result.train_loss, result.failures, result.stats)
+    return Message(content=pack_reply(reply), reply_to=msg)

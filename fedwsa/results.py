@@ -1,0 +1,359 @@
+"""Reading run directories and grouping runs into experiment cells.
+
+This module only knows the on-disk run format (``config.json``, ``metrics.jsonl``,
+``result.json``, optional ``grid.json`` in the experiment directory). It must not import torch
+or Flower, so that summaries and plots work on any machine that has the result files.
+
+Run directory::
+
+    RUN/config.json     resolved config, kebab-case keys
+    RUN/metrics.jsonl   one JSON object per evaluated round (``round``, ``elapsed-s``, ...)
+    RUN/result.json     only when the run finished: {"status": "finished", "rounds", "wall-s"}
+
+An experiment directory holds run directories as immediate subfolders and optionally
+``grid.json`` (``{"strategies", "seeds", "sweep": {key: [values]}, "base"}``). Folder names are
+never parsed: groups come from the configs themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"
+GRID_FILE = "grid.json"
+
+# Config keys that never distinguish experiment cells: seeds are the replicates, and the run
+# directory is different for every run by construction.
+IGNORED_KEYS: frozenset[str] = frozenset({"seed", "run-dir"})
+
+PathLike = Path | str
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes (shared with the writer side)
+# --------------------------------------------------------------------------------------------
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` so readers never see a half-written file.
+
+    The bytes go to a temporary file in the same directory (same filesystem) which is then
+    renamed over ``path`` with ``os.replace``; a crash leaves either the old or the new file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp creates 0600 files; results are meant to be shared like any other output.
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return path
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` atomically (temp file in the same directory + ``os.replace``)."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """Serialise ``obj`` as JSON (plus a trailing newline) and write it atomically.
+
+    NaN/inf are allowed (Python's JSON dialect) because a diverged loss must not make the
+    writer crash; ``json.loads`` reads them back.
+    """
+    return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Single run
+# --------------------------------------------------------------------------------------------
+
+
+def read_config(run_dir: PathLike) -> dict[str, Any]:
+    """Return the resolved config of a run (``RUN/config.json``)."""
+    path = Path(run_dir) / CONFIG_FILE
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_metrics(run_dir: PathLike) -> list[dict[str, Any]]:
+    """Return the per-round metric records of a run, in file order.
+
+    A run that is still going (or was killed) may have a torn last line; it is skipped, since
+    it is simply a record that was not complete yet. A malformed line anywhere else means the
+    file is corrupt and raises ``ValueError``. A missing file means no round was evaluated yet
+    and gives ``[]``.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    records: list[dict[str, Any]] = []
+    for i, (lineno, line) in enumerate(lines):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == len(lines) - 1:
+                break  # torn last line of a file that is being written
+            raise ValueError(f"{path}:{lineno}: malformed metrics line: {exc}") from exc
+        if not isinstance(obj, dict):
+            if i == len(lines) - 1:
+                break  # a truncated record can still parse as a bare number
+            raise ValueError(f"{path}:{lineno}: expected a JSON object per line")
+        records.append(obj)
+    return records
+
+
+def read_result(run_dir: PathLike) -> dict[str, Any] | None:
+    """Return ``RUN/result.json``, or ``None`` while the run has not finished (or if unreadable)."""
+    path = Path(run_dir) / RESULT_FILE
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def is_finished(run_dir: PathLike) -> bool:
+    """True when the run wrote ``result.json`` with ``"status": "finished"``."""
+    result = read_result(run_dir)
+    return result is not None and result.get("status") == "finished"
+
+
+def wall_seconds(run_dir: PathLike, metrics: Sequence[dict[str, Any]] | None = None) -> float:
+    """Wall time of a run: ``result.json`` ``wall-s``, else the last ``elapsed-s`` (else NaN).
+
+    The fallback lets an unfinished run report how long it has been going so far.
+    """
+    result = read_result(run_dir)
+    if result is not None and is_number(result.get("wall-s")):
+        return float(result["wall-s"])
+    if metrics is None:
+        metrics = read_metrics(run_dir)
+    for record in reversed(metrics):
+        if is_number(record.get("elapsed-s")):
+            return float(record["elapsed-s"])
+    return math.nan
+
+
+def is_number(value: Any) -> bool:
+    """True for real numbers (not bools, not None): what can be averaged over seeds."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and grouping runs
+# --------------------------------------------------------------------------------------------
+
+
+def is_run_dir(path: PathLike) -> bool:
+    """A run directory is any directory holding ``config.json``."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def find_runs(paths: Sequence[PathLike] | PathLike) -> list[Path]:
+    """Expand run and experiment directories into a de-duplicated list of run directories.
+
+    Each path may be a run directory itself or an experiment directory whose immediate
+    subfolders are run directories. Raises ``FileNotFoundError`` for a path that is neither,
+    because silently summarising nothing hides typos.
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            raise FileNotFoundError(f"not a directory: {path}")
+        if is_run_dir(path):
+            candidates = [path]
+        else:
+            candidates = sorted(p for p in path.iterdir() if p.is_dir() and is_run_dir(p))
+            if not candidates:
+                raise FileNotFoundError(f"no run directories (with {CONFIG_FILE}) in {path}")
+        for run in candidates:
+            key = run.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(run)
+    return found
+
+
+def read_grid(exp_dir: PathLike) -> dict[str, Any] | None:
+    """Return ``EXP/grid.json`` or ``None`` when the experiment has none."""
+    path = Path(exp_dir) / GRID_FILE
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def hashable(value: Any) -> Any:
+    """Turn a JSON value into something usable in a dict key (lists -> tuples, dicts -> items)."""
+    if isinstance(value, list | tuple):
+        return tuple(hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, hashable(v)) for k, v in value.items()))
+    return value
+
+
+def format_value(value: Any) -> str:
+    """Compact text for a config value in labels: strings bare, everything else as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        return json.dumps(_unhashable(value))
+    return json.dumps(value)
+
+
+def _unhashable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_unhashable(v) for v in value]
+    return value
+
+
+def infer_swept_keys(runs: Sequence[PathLike]) -> list[str]:
+    """The config keys that define experiment cells for these runs (besides ``strategy``).
+
+    When every run sits in an experiment directory with ``grid.json``, the union of the grids'
+    ``sweep`` keys is used (in grid order), so incidental config differences do not split
+    groups. Otherwise every config key whose value differs between runs, except ``seed``,
+    ``run-dir`` and ``strategy``, in sorted order.
+    """
+    run_paths = [Path(r) for r in runs]
+    grids = [read_grid(r.parent) for r in {r.parent.resolve(): r for r in run_paths}.values()]
+    if run_paths and all(g is not None for g in grids):
+        keys: list[str] = []
+        for grid in grids:
+            assert grid is not None
+            sweep = grid.get("sweep") or {}
+            for key in sweep:
+                if key not in keys and key not in IGNORED_KEYS and key != "strategy":
+                    keys.append(key)
+        return keys
+    configs = [read_config(r) for r in run_paths]
+    all_keys = sorted({k for c in configs for k in c} - IGNORED_KEYS - {"strategy"})
+    missing = object()
+    differing: list[str] = []
+    for key in all_keys:
+        values = {hashable(c[key]) if key in c else missing for c in configs}
+        if len(values) > 1:
+            differing.append(key)
+    return differing
+
+
+class GroupKey(tuple):
+    """Key of one experiment cell: ``(("strategy", s), (swept_key, value), ...)``.
+
+    It is a plain tuple (hashable, comparable, usable as a dict key) that also knows how to
+    print itself, so callers never have to rebuild labels.
+    """
+
+    __slots__ = ()
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The key as a dict, e.g. ``{"strategy": "fedwsa", "alpha": 0.1}``."""
+        return {k: _unhashable(v) for k, v in self}
+
+    @property
+    def strategy(self) -> str:
+        """The strategy name of the group."""
+        return str(self[0][1]) if self else ""
+
+    @property
+    def label(self) -> str:
+        """Readable group name, e.g. ``"fedwsa alpha=0.1"``."""
+        return group_label(self)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def group_label(key: Sequence[tuple[str, Any]]) -> str:
+    """Readable label for a group key: the strategy, then ``key=value`` for each swept key."""
+    parts: list[str] = []
+    for name, value in key:
+        parts.append(format_value(value) if name == "strategy" else f"{name}={format_value(value)}")
+    return " ".join(parts)
+
+
+def _sort_token(value: Any) -> tuple[int, Any]:
+    """Sort mixed JSON values: None, then numbers numerically, then strings, then the rest."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, bool):
+        return (1, int(value))
+    if is_number(value):
+        return (2, float(value))
+    if isinstance(value, str):
+        return (3, value)
+    return (4, json.dumps(_unhashable(value), sort_keys=True))
+
+
+def group_runs(
+    runs: Sequence[PathLike], swept_keys: Sequence[str] | None = None
+) -> dict[GroupKey, list[Path]]:
+    """Group run directories into experiment cells; seeds of the same cell are replicates.
+
+    The key is the strategy plus the value of each swept key (``None`` when a config lacks
+    it); see ``infer_swept_keys`` for the default. Groups are ordered by the strategy order of
+    ``grid.json`` when available (else alphabetically), then by swept values; runs inside a
+    group are ordered by seed. ``key.label`` gives e.g. ``"fedwsa alpha=0.1"``.
+    """
+    run_paths = [Path(r) for r in runs]
+    keys = list(infer_swept_keys(run_paths) if swept_keys is None else swept_keys)
+    strategy_order = _strategy_order(run_paths)
+    groups: dict[GroupKey, list[tuple[Any, Path]]] = {}
+    for run in run_paths:
+        config = read_config(run)
+        pairs = [("strategy", config.get("strategy", "unknown"))]
+        pairs += [(k, hashable(config.get(k))) for k in keys]
+        groups.setdefault(GroupKey(pairs), []).append((config.get("seed"), run))
+
+    def order(key: GroupKey) -> tuple[Any, ...]:
+        strategy = key.strategy
+        rank = strategy_order.index(strategy) if strategy in strategy_order else len(strategy_order)
+        return (rank, strategy, *(_sort_token(v) for _, v in key[1:]))
+
+    def by_seed(seed_run: tuple[Any, Path]) -> tuple[Any, ...]:
+        return (_sort_token(seed_run[0]), str(seed_run[1]))
+
+    return {
+        key: [run for _, run in sorted(groups[key], key=by_seed)]
+        for key in sorted(groups, key=order)
+    }
+
+
+def _strategy_order(runs: Iterable[Path]) -> list[str]:
+    """Strategy order as listed in the experiments' ``grid.json`` files (first seen first)."""
+    order: list[str] = []
+    for parent in dict.fromkeys(r.parent.resolve() for r in runs):
+        grid = read_grid(parent)
+        for strategy in (grid or {}).get("strategies") or []:
+            if isinstance(strategy, str) and strategy not in order:
+                order.append(strategy)
+    return order

@@ -1,0 +1,49 @@
+"""Writing a run directory: resolved config, one metrics line per evaluated round, final model.
+
+Every file is replaced atomically (temp file + rename), so a run killed at any moment leaves
+either the old or the new version of each file, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from fedwsa.config import Config
+from fedwsa.results import write_json_atomic, write_text_atomic
+
+CONFIG_FILE, METRICS_FILE, RESULT_FILE, MODEL_FILE = (
+    "config.json", "metrics.jsonl", "result.json", "model.pt",
+)
+
+
+def default_run_dir(config: Config) -> Path:
+    return Path("runs") / f"{config.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunWriter:
+    """Owns one run directory for the duration of a run."""
+
+    def __init__(self, path: Path, config: Config) -> None:
+        self.path = path
+        self.rows: list[dict[str, object]] = []
+        path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path / CONFIG_FILE, config.to_dict())
+
+    def append_metrics(self, row: dict[str, object]) -> None:
+        """Add one evaluated round (the whole file is rewritten atomically; it is small)."""
+        self.rows.append(row)
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows)
+        write_text_atomic(self.path / METRICS_FILE, text)
+
+    def save_model(self, params: dict[str, torch.Tensor]) -> None:
+        tmp = self.path / (MODEL_FILE + ".tmp")
+        torch.save({k: v.detach().cpu() for k, v in params.items()}, tmp)
+        tmp.replace(self.path / MODEL_FILE)
+
+    def finish(self, rounds: int, wall_s: float) -> None:
+        write_json_atomic(self.path / RESULT_FILE,
+                          {"status": "finished", "rounds": rounds, "wall-s": wall_s})

@@ -1,0 +1,112 @@
+"""The Flower ``ServerApp``: build everything from the run config, run the rounds, write results.
+
+The round loop is ours rather than ``Strategy.start`` because a run evaluates every
+``eval-every`` rounds, keeps the previous model when too few clients succeed, and writes a run
+directory as it goes.
+"""
+
+from __future__ import annotations
+
+import time
+from logging import INFO
+from pathlib import Path
+
+
+from flwr.app import ConfigRecord, Context
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from fedwsa.config import Config, make_config
+from fedwsa.data import load_dataset
+from fedwsa.device import resolve_device
+from fedwsa.evaluation import evaluate
+from fedwsa.models import build_model, check_functional
+from fedwsa.protocol import from_arrays, to_arrays
+from fedwsa.rundir import RunWriter, default_run_dir
+from fedwsa.strategies import build_strategy
+
+NODE_WAIT_S = 600.0
+
+
+def wait_for_nodes(grid: Grid, settle_s: float = 1.0, timeout_s: float = NODE_WAIT_S) -> list[int]:
+    """Wait until at least one node is connected and the count has stopped changing."""
+    start, seen, stable_since = time.monotonic(), -1, time.monotonic()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        now = time.monotonic()
+        if len(nodes) != seen:
+            seen, stable_since = len(nodes), now
+        elif nodes and now - stable_since >= settle_s:
+            return nodes
+        if now - start > timeout_s:
+            raise RuntimeError(f"no SuperNode connected within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def run_federation(grid: Grid, config: Config) -> Path:
+    """Run ``config`` over the nodes of ``grid``; returns the run directory."""
+    t0 = time.monotonic()
+    data = load_dataset(config.dataset, config.data_root, config.seed)
+    device = resolve_device(config.device)
+    model = build_model(config.model, data.num_classes, seed=config.seed)
+    check_functional(model)
+    model.to(device)
+    strategy = build_strategy(config)
+    run_path = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    writer = RunWriter(run_path, config)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    mean, std = data.mean.to(device), data.std.to(device)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def evaluate_round(server_round: int, round_metrics: dict[str, float]) -> None:
+        loss, acc = evaluate(model, params, x_test, y_test, mean, std)
+        row: dict[str, object] = {
+            "round": server_round,
+            "elapsed-s": round(time.monotonic() - t0, 3),
+            "test-loss": loss,
+            "test-accuracy": acc,
+            "train-loss": round_metrics.get("train-loss"),
+            "clients-sampled": int(round_metrics.get("clients-sampled", 0)),
+            "clients-failed": int(round_metrics.get("clients-failed", 0)),
+        }
+        row.update({k: v for k, v in round_metrics.items() if k not in row})
+        writer.append_metrics(row)
+        log(INFO, "[fedwsa] round %d/%d: test-accuracy=%.4f test-loss=%.4f train-loss=%s",
+            server_round, config.num_server_rounds, acc, loss,
+            "-" if row["train-loss"] is None else f"{row['train-loss']:.4f}")
+
+    log(INFO, "[fedwsa] run directory: %s", run_path.resolve())
+    nodes = wait_for_nodes(grid)
+    log(INFO, "[fedwsa] %d node(s) connected", len(nodes))
+    evaluate_round(0, {})
+    arrays = to_arrays(params)
+    for server_round in range(1, config.num_server_rounds + 1):
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        replies = grid.send_and_receive(messages)
+        new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+            params = {k: v.to(device) for k, v in from_arrays(arrays).items()}
+        round_metrics = dict(metrics or {})
+        last = server_round == config.num_server_rounds
+        if server_round % config.eval_every == 0 or last:
+            evaluate_round(server_round, round_metrics)
+    writer.save_model(params)
+    writer.finish(config.num_server_rounds, time.monotonic() - t0)
+    return run_path
+
+
+def make_server_app(config: Config | None = None) -> ServerApp:
+    """A ServerApp for ``config``; without one it reads Flower's run config (``flwr run``)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, config or make_config(dict(context.run_config)))
+
+    return server
+
+
+app = make_server_app()
+
+

@@ -1,0 +1,196 @@
+"""The cohort strategy: seeded client sampling, one Message per node, stacked replies.
+
+Subclasses only say how stacked client weights become the next global model (``aggregate``)
+and, if they need to, what per-round settings clients get (``client_settings``) and what state
+they keep (``state_dict``).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedwsa.config import Config
+from fedwsa.protocol import TrainRequest, from_arrays, pack_request, to_arrays, unpack_reply
+
+
+@dataclass
+class ClientUpdates:
+    """The round's successful clients, in ascending id order, weights stacked on axis 0."""
+
+    client_ids: list[int]
+    params: dict[str, torch.Tensor]
+    num_examples: torch.Tensor
+    train_loss: list[float]
+    failures: dict[int, str] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """FedAvg weights p_i = n_i / sum_j n_j."""
+        n = self.num_examples.to(torch.float64)
+        return (n / n.sum()).to(torch.float32)
+
+
+def sample_clients(seed: int, server_round: int, num_clients: int, fraction: float) -> list[int]:
+    """``fraction`` of the clients, drawn without replacement, ascending.
+
+    The generator is seeded from (seed, round) alone, so resuming at any round draws the same
+    clients as the uninterrupted run, and the draw never depends on the number of nodes.
+    """
+    k = max(1, math.floor(fraction * num_clients + 1e-9))
+    rng = np.random.default_rng([seed, server_round, 0x5A3])
+    return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
+
+
+def split_over_nodes(client_ids: list[int], node_ids: list[int]) -> dict[int, list[int]]:
+    """Contiguous, near-equal slices of the cohort, one per node (nodes with none are skipped)."""
+    chunks = np.array_split(np.asarray(client_ids, dtype=np.int64), len(node_ids))
+    return {n: [int(c) for c in chunk] for n, chunk in zip(node_ids, chunks, strict=True)
+            if len(chunk)}
+
+
+def _finite(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per client: are all of its weights finite?"""
+    flags = [torch.isfinite(v.reshape(v.shape[0], -1)).all(dim=1) for v in params.values()]
+    return torch.stack(flags).all(dim=0)
+
+
+class CohortStrategy(Strategy):
+    """Base of fedwsa's strategies (a Flower ``Strategy`` speaking the cohort protocol)."""
+
+    name = "cohort"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.min_clients = 1
+        self._sent: dict[int, list[int]] = {}
+        self._global: dict[str, torch.Tensor] = {}
+        self.last_updates: ClientUpdates | None = None
+
+    # --- hooks for subclasses -------------------------------------------------------------
+    @abstractmethod
+    def aggregate(self, server_round: int, global_params: dict[str, torch.Tensor],
+                  updates: ClientUpdates) -> dict[str, torch.Tensor]:
+        """The next global model from this round's successful clients."""
+
+    def client_settings(self, server_round: int) -> dict[str, object] | None:
+        """Per-round settings the clients need (e.g. the WSA target); none by default."""
+        return None
+
+    def round_metrics(self, server_round: int, global_params: dict[str, torch.Tensor],
+                      updates: ClientUpdates) -> dict[str, float]:
+        """Extra per-round metrics computed from the clients' weights."""
+        return {}
+
+    def state_dict(self) -> dict[str, object]:
+        """Strategy state that a checkpoint must keep (none for plain FedAvg)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    # --- Flower Strategy ------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        cfg = self.config
+        cohort = sample_clients(cfg.seed, server_round, cfg.num_clients, cfg.fraction_train)
+        nodes = sorted(grid.get_node_ids())
+        self._sent = split_over_nodes(cohort, nodes)
+        self._global = from_arrays(arrays)
+        settings = self.client_settings(server_round)
+        messages = []
+        for node_id, clients in self._sent.items():
+            request = TrainRequest(server_round, clients, cfg.to_json(), self._global, settings)
+            messages.append(Message(content=pack_request(request), message_type=MessageType.TRAIN,
+                                    dst_node_id=node_id))
+        log(INFO, "round %d: %d clients over %d node(s)", server_round, len(cohort),
+            len(messages))
+        return messages
+
+    def collect(self, replies: Iterable[Message]) -> ClientUpdates:
+        """Unpack node replies into one id-sorted stack; set aside failed and non-finite clients.
+
+        Sorting by client id makes the aggregate independent of how clients were spread over
+        nodes (same sums in the same order).
+        """
+        failures: dict[int, str] = {}
+        per_client: dict[int, tuple[dict[str, torch.Tensor], int, float]] = {}
+        stats: dict[str, list[float]] = {}
+        answered: set[int] = set()
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            answered.add(node)
+            if msg.has_error():
+                for cid in self._sent.get(node, []):
+                    failures[cid] = f"node {node} failed: {msg.error.reason}"
+                continue
+            reply = unpack_reply(msg.content)
+            failures.update(reply.failures)
+            for key, value in reply.stats.items():
+                stats.setdefault(key, []).append(value)
+            for i, cid in enumerate(reply.client_ids):
+                params = {k: v[i] for k, v in reply.params.items()}
+                per_client[cid] = (params, reply.num_examples[i], reply.train_loss[i])
+        for node, clients in self._sent.items():
+            if node not in answered:
+                for cid in clients:
+                    failures[cid] = f"node {node} did not answer"
+        ids = sorted(per_client)
+        names = list(self._global)
+        params = {n: torch.stack([per_client[c][0][n] for c in ids]) if ids else
+                  self._global[n].new_empty((0, *self._global[n].shape)) for n in names}
+        if ids:
+            finite = _finite(params)
+            for j in torch.nonzero(~finite).flatten().tolist():
+                failures[ids[j]] = "non-finite weights"
+            keep = [j for j in range(len(ids)) if bool(finite[j])]
+            params = {n: v[keep] for n, v in params.items()}
+            ids = [ids[j] for j in keep]
+        for cid, reason in sorted(failures.items()):
+            log(WARNING, "client %d left out of aggregation: %s", cid, reason)
+        return ClientUpdates(
+            client_ids=ids,
+            params=params,
+            num_examples=torch.tensor([per_client[c][1] for c in ids], dtype=torch.int64),
+            train_loss=[per_client[c][2] for c in ids],
+            failures=failures,
+            stats={k: float(np.mean(v)) for k, v in stats.items()},
+        )
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        updates = self.collect(replies)
+        self.last_updates = updates
+        metrics: dict[str, float] = {
+            "clients-sampled": len(updates.client_ids) + len(updates.failures),
+            "clients-failed": len(updates.failures),
+        }
+        metrics.update({f"node-{k}": v for k, v in updates.stats.items()})
+        if len(updates.client_ids) < max(1, self.min_clients):
+            log(WARNING, "round %d: only %d client(s) succeeded (min-clients=%d); keeping the "
+                "previous global model", server_round, len(updates.client_ids), self.min_clients)
+            return None, MetricRecord(metrics)
+        metrics["train-loss"] = float(np.mean(updates.train_loss))
+        metrics.update(self.round_metrics(server_round, self._global, updates))
+        new_global = self.aggregate(server_round, self._global, updates)
+        return to_arrays(new_global), MetricRecord(metrics)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """fedwsa evaluates centrally on the server; no federated evaluation round."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        return None
