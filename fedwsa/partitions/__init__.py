@@ -1,0 +1,22 @@
+"""Partitions of a dataset's labels over clients, and how to inspect them.
+
+Pure numpy (plus matplotlib for the heat map): no models, clients or Flower.
+"""
+
+from fedwsa.partitions.methods import MAX_SAMPLING_TRIES, PARTITIONS, partition_labels
+from fedwsa.partitions.stats import (
+    class_counts,
+    format_summary,
+    partition_summary,
+    plot_heatmap,
+)
+
+__all__ = [
+    "MAX_SAMPLING_TRIES",
+    "PARTITIONS",
+    "class_counts",
+    "format_summary",
+    "partition_summary",
+    "partition_labels",
+    "plot_heatmap",
+]

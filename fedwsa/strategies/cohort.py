@@ -101,6 +101,11 @@ class CohortStrategy(Strategy):
         """Restore what ``state_dict`` returned."""
 
     # --- Flower Strategy ------------------------------------------------------------------
+    def summary(self) -> None:
+        cfg = self.config
+        log(INFO, "\t├──> %s: %d clients, fraction-train %.2f, seed %d", self.name,
+            cfg.num_clients, cfg.fraction_train, cfg.seed)
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         cfg = self.config

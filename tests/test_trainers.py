@@ -1,0 +1,123 @@
+"""Batched vs sequential trainer: the same per-client weights for a ragged cohort."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedwsa.clients.batched import BatchedTrainer, plan_chunks
+from fedwsa.clients.node import NodeData
+from fedwsa.clients.sequential import SequentialTrainer
+from fedwsa.clients.trainer import CohortTask, LocalSettings, WsaTarget
+from fedwsa.data import load_dataset
+from fedwsa.models import build_model
+from fedwsa.scope import model_scopes, regularised_names
+
+SIZES = (37, 5, 64, 1, 20)  # ragged: short last batches, a 1-example client, an exact multiple
+
+
+def make_node(sizes: tuple[int, ...] = SIZES) -> NodeData:
+    data = load_dataset("synthetic", "", 0)
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(data.y_train), generator=gen)
+    parts, start = [], 0
+    for n in sizes:
+        parts.append(perm[start:start + n].sort().values)
+        start += n
+    return NodeData(torch.device("cpu"), data.x_train, data.y_train, data.mean, data.std,
+                    data.num_classes, tuple(parts))
+
+
+def settings(augment: bool, epochs: int = 2) -> LocalSettings:
+    return LocalSettings(local_epochs=epochs, batch_size=16, lr=0.05, momentum=0.9,
+                         weight_decay=1e-3, augment=augment, seed=7)
+
+
+def run_both(augment: bool, wsa: bool = False, max_clients: int = 0):
+    node = make_node()
+    model = build_model("simple-cnn", node.num_classes, seed=1)
+    global_params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    target = None
+    if wsa:
+        names = regularised_names(global_params)
+        mu, sigma = model_scopes(global_params, names)
+        target = WsaTarget(0.5, tuple(names), mu * 0 + 0.01, sigma * 1.5)
+    task = CohortTask(3, list(range(len(SIZES))), global_params, target)
+    s = settings(augment)
+    seq = SequentialTrainer(model, node, s).train(task)
+    bat = BatchedTrainer(model, node, s, max_clients=max_clients).train(task)
+    return seq, bat
+
+
+def assert_same_clients(seq, bat) -> None:
+    assert seq.client_ids == bat.client_ids and seq.num_examples == bat.num_examples
+    for name in seq.params:
+        torch.testing.assert_close(bat.params[name], seq.params[name], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(bat.train_loss), torch.tensor(seq.train_loss),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_batched_equals_sequential_per_client() -> None:
+    assert_same_clients(*run_both(augment=False))
+
+
+def test_batched_equals_sequential_with_flips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Augmentation on, crops centred: the same images reach both trainers, float-exactly."""
+    import fedwsa.clients.batches as batches
+
+    draw = batches.sample_augmentation
+
+    def centred(n: int, gen: torch.Generator):
+        offsets, flips = draw(n, gen)
+        assert n < 16 or (flips.any() and not flips.all())
+        return torch.full_like(offsets, 4), flips
+
+    monkeypatch.setattr(batches, "sample_augmentation", centred)
+    assert_same_clients(*run_both(augment=True))
+
+
+def test_batched_matches_sequential_with_random_crops() -> None:
+    """With random crops the zero border makes near-tied max-pool windows, and the two
+    trainers' convolutions (different batch layouts, different summation order) may break a
+    tie differently, sending one gradient to a neighbouring pixel. That is not float noise, so
+    the check is on the size of the difference relative to the local update (< 1%)."""
+    seq, bat = run_both(augment=True)
+    node = make_node()
+    g = {k: v.detach() for k, v in build_model("simple-cnn", node.num_classes, seed=1)
+         .named_parameters()}
+    for k in range(len(SIZES)):
+        diff = torch.cat([(bat.params[n][k] - seq.params[n][k]).flatten() for n in g])
+        update = torch.cat([(seq.params[n][k] - g[n]).flatten() for n in g])
+        assert float(diff.norm() / update.norm()) < 1e-2
+
+
+def test_batched_equals_sequential_with_wsa_and_chunks() -> None:
+    assert_same_clients(*run_both(augment=False, wsa=True, max_clients=2))
+
+
+def test_clients_train_independently_of_their_cohort() -> None:
+    """A client's result does not depend on which other clients share its batch."""
+    node = make_node()
+    model = build_model("simple-cnn", node.num_classes, seed=1)
+    g = {k: v.detach().clone() for k, v in model.named_parameters()}
+    s = settings(augment=False)
+    alone = BatchedTrainer(model, node, s).train(CohortTask(1, [2], g))
+    together = BatchedTrainer(model, node, s).train(CohortTask(1, [0, 1, 2, 3], g))
+    for name in g:
+        torch.testing.assert_close(together.params[name][2], alone.params[name][0],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_chunks_group_similar_step_counts() -> None:
+    sizes = {0: 100, 1: 3, 2: 90, 3: 5, 4: 50}
+    chunks = plan_chunks(sizes, settings(False, epochs=1), max_clients=2)
+    assert chunks == [[0, 2], [4, 1], [3]]  # ties (1 step each) by id
+    assert plan_chunks(sizes, settings(False, epochs=1), max_clients=0) == [[0, 2, 4, 1, 3]]
+
+
+def test_wasted_fraction_counts_padding_only() -> None:
+    _, bat = run_both(augment=False)
+    # Only the short last batches are padded: real = 2 epochs x 127 examples.
+    B = 16
+    padded = sum(2 * (-(-n // B)) * B for n in SIZES)
+    assert bat.stats["wasted-fraction"] == pytest.approx(1 - 2 * sum(SIZES) / padded)
