@@ -78,7 +78,8 @@ KEYS: tuple[Key, ...] = (
     _key("data-root", "", _any_str(),
          "torchvision root folder or .npz file (x_train, y_train, x_test, y_test); "
          "'' = ~/.cache/fedwsa/<dataset>, downloaded when missing."),
-    _key("partition", "dirichlet", _choice(*PARTITIONS), "How the train set is split over clients."),
+    _key("partition", "dirichlet", _choice(*PARTITIONS),
+         "How the train set is split over clients."),
     _key("alpha", 0.5, _float(0.0, lo_open=True),
          "Dirichlet concentration (label skew for dirichlet, size skew for quantity)."),
     _key("classes-per-client", 2, _int(1), "Classes per client for the shards partition."),
@@ -95,15 +96,35 @@ KEYS: tuple[Key, ...] = (
     _key("weight-decay", 1e-5, _float(0.0), "Local SGD weight decay."),
     _key("augment", False, ("true or false", lambda v: True),
          "Random crop (padding 4) + horizontal flip, on tensors in batch."),
-    _key("trainer", "sequential", _choice(*TRAINERS), "How a node trains its cohort."),
+    _key("trainer", "batched", _choice(*TRAINERS), "How a node trains its cohort."),
     _key("max-batched-clients", 0, _int(0),
          "Batched trainer: most clients trained at once (0 = all of a node's cohort)."),
     _key("precision", "fp32", _choice(*PRECISIONS), "Batched trainer: autocast precision."),
     _key("strategy", "fedavg", _choice(*STRATEGIES), "Server strategy."),
-    _key("seed", 0, _int(0), "Fixes partitions, sampling, initial weights, data order, augmentation."),
+    _key("seed", 0, _int(0),
+         "Fixes partitions, sampling, initial weights, data order, augmentation."),
     _key("device", "auto", _choice(*DEVICES), "Where nodes train and the server evaluates."),
     _key("eval-every", 1, _int(1), "Central evaluation every N rounds (and the last round)."),
     _key("run-dir", "", _any_str(), "Run directory ('' = runs/<strategy>-<timestamp>)."),
+    _key("wsa-beta", 0.01, _float(0.0), "WSA: weight of the scope KL term (0 = off)."),
+    _key("wsa-fusion", "mean", _choice(*FUSION_RULES), "WSA: how client scopes become the target."),
+    _key("wsa-layers", "all", _any_str(),
+         "WSA: 'all' regularised layers, or comma-separated parameter names."),
+    _key("wsa-align-global", False, ("true or false", lambda v: True),
+         "WSA: rescale the global model's layers to the fused scope."),
+    _key("cart-rank", 0.16, _float(0.0, 1.0, lo_open=True),
+         "CART: kept rank as a fraction of min(rows, cols)."),
+    _key("cart-lambda", 1.5, _float(0.0), "CART: scale of the low-rank centred updates."),
+    _key("cart-conv", True, ("true or false", lambda v: True),
+         "CART: treat conv kernels as out x (in*kh*kw) matrices."),
+    _key("cart-svd", "exact", _choice(*SVD_METHODS), "CART: exact or randomized SVD."),
+    _key("checkpoint-every", 1, _int(0), "Checkpoint every N rounds (0 = never)."),
+    _key("resume", False, ("true or false", lambda v: True),
+         "Continue the run in run-dir from its last checkpoint."),
+    _key("min-clients", 1, _int(1),
+         "Fewest successful clients for a round to update the global model."),
+    _key("fail-rate", 0.0, _float(0.0, 1.0, hi_open=True),
+         "Fault injection for tests: chance that a client's training raises (seeded)."),
 )
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
 
@@ -140,6 +161,18 @@ class Config:
     device: str
     eval_every: int
     run_dir: str
+    wsa_beta: float
+    wsa_fusion: str
+    wsa_layers: str
+    wsa_align_global: bool
+    cart_rank: float
+    cart_lambda: float
+    cart_conv: bool
+    cart_svd: str
+    checkpoint_every: int
+    resume: bool
+    min_clients: int
+    fail_rate: float
 
     def to_dict(self) -> dict[str, Any]:
         """Kebab-case mapping, as Flower's run config spells it."""
@@ -225,15 +258,15 @@ def parse_overrides(text: str | list[str] | None) -> dict[str, Any]:
     try:
         return parse_config_args(args)
     except Exception as err:  # click/tomli errors: turn them into one clear line
+        example = "num-clients=20 dataset='cifar10'"
         raise ConfigError("run-config", " ".join(args),
-                          "space-separated key=value pairs, e.g. \"num-clients=20 dataset='cifar10'\""
-                          ) from err
+                          f"space-separated key=value pairs, e.g. \"{example}\"") from err
 
 
 def markdown_table() -> str:
     """The README's key table."""
     rows = ["| key | default | accepted | meaning |", "|---|---|---|---|"]
     for k in KEYS:
-        default = json.dumps(k.default) if not isinstance(k.default, bool) else str(k.default).lower()
+        default = str(k.default).lower() if isinstance(k.default, bool) else json.dumps(k.default)
         rows.append(f"| `{k.name}` | `{default}` | {k.accepted} | {k.help} |")
     return "\n".join(rows)

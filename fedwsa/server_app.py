@@ -11,7 +11,6 @@ import time
 from logging import INFO
 from pathlib import Path
 
-
 from flwr.app import ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp

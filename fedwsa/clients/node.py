@@ -7,6 +7,7 @@ re-partitioning 50k images each time would dominate a round.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 

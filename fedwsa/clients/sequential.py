@@ -1,4 +1,4 @@
-"""The sequential trainer: one client after another, with a plain ``nn.Module`` and ``torch.optim.SGD``.
+"""The sequential trainer: one client after another, a plain ``nn.Module`` and ``torch.optim.SGD``.
 
 It is the reference the batched trainer is tested against, written the way a PyTorch user
 would write local training, and the fallback when a cohort cannot be batched.

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from fedwsa.config import Config
+from importlib import import_module
+
+from fedwsa.config import STRATEGIES, Config
 from fedwsa.strategies.cohort import ClientUpdates, CohortStrategy, sample_clients
 from fedwsa.strategies.fedavg import FedAvg
 
-_STRATEGIES: dict[str, type[CohortStrategy]] = {"fedavg": FedAvg}
+# Imported on demand so that a strategy's heavier dependencies load only when it is used.
+_REGISTRY: dict[str, str] = {
+    "fedavg": "fedwsa.strategies.fedavg:FedAvg",
+    "fedwsa": "fedwsa.strategies.wsa:FedWSA",
+    "cart": "fedwsa.strategies.cart:Cart",
+    "fedwsa-cart": "fedwsa.strategies.cart:FedWSACart",
+}
+assert set(_REGISTRY) == set(STRATEGIES)
 
 
 def build_strategy(config: Config) -> CohortStrategy:
     """The strategy named by ``config.strategy``."""
-    if config.strategy not in _STRATEGIES:
-        raise ValueError(f"strategy {config.strategy!r} is not available yet: expected one of "
-                         f"{', '.join(_STRATEGIES)}")
-    return _STRATEGIES[config.strategy](config)
+    module, name = _REGISTRY[config.strategy].split(":")
+    return getattr(import_module(module), name)(config)
 
 
 __all__ = ["ClientUpdates", "CohortStrategy", "FedAvg", "build_strategy", "sample_clients"]
