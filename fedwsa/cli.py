@@ -4,19 +4,46 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fedwsa.config import Config, ConfigError, make_config, markdown_table, parse_overrides
 
+# Flower's own key=value pattern (flwr.common.config.parse_config_args), which silently drops
+# any text it does not match: a forgotten '=' would otherwise run with the default.
+_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    seen: set[str] = set()
+    for text in args.config or []:
+        leftover = [] if text.endswith(".toml") else _PAIR.sub(" ", text).split()
+        if leftover:
+            raise ConfigError("run-config", leftover[0],
+                              "space-separated key=value pairs, e.g. \"num-clients=20 "
+                              "dataset='cifar10'\"")
+        for key, value in [] if text.endswith(".toml") else _PAIR.findall(text):
+            if key in seen:
+                raise ConfigError(key, value, "one value: the key is given twice in -c")
+            seen.add(key)
+    return parse_overrides(args.config)
+
 
 def _config_from(args: argparse.Namespace) -> Config:
-    return make_config(parse_overrides(args.config))
+    return make_config(_overrides(args))
 
 
-def simulate(config: Config, num_supernodes: int = 1, num_gpus: float = 0.0) -> Path:
-    """Run ``config`` in-process with Flower's simulation engine; returns the run directory."""
+def simulate(config: Config, num_supernodes: int = 1, num_gpus: float = 0.0,
+             cpus_per_node: int | None = None) -> Path:
+    """Run ``config`` in-process with Flower's simulation engine; returns the run directory.
+
+    Each node gets ``cpus_per_node`` CPUs (default: the machine's CPUs shared out over the
+    nodes). Ray gives a node's process that many torch threads, and CPU float results are only
+    bit-identical between runs with the same thread count.
+    """
     from flwr.simulation import run_simulation
 
     from fedwsa.clients.client_app import app as client_app
@@ -25,7 +52,8 @@ def simulate(config: Config, num_supernodes: int = 1, num_gpus: float = 0.0) -> 
 
     if not config.run_dir:
         config = config.replace(run_dir=str(default_run_dir(config)))
-    cpus = max(1, (os.cpu_count() or 1) // max(1, num_supernodes)) if num_gpus == 0 else 1
+    cpus = cpus_per_node or (
+        max(1, (os.cpu_count() or 1) // max(1, num_supernodes)) if num_gpus == 0 else 1)
     run_simulation(
         server_app=make_server_app(config),
         client_app=client_app,
@@ -35,20 +63,31 @@ def simulate(config: Config, num_supernodes: int = 1, num_gpus: float = 0.0) -> 
     return Path(config.run_dir)
 
 
-def check_inputs(config: Config) -> None:
-    """Fail fast on what only the data can tell (a missing file, too few examples)."""
-    from fedwsa.clients.node import client_partitions
-    from fedwsa.data import load_dataset
+def check_inputs(config: Config) -> Config:
+    """Every check of ``fedwsa.preflight`` (data, model, run directory, checkpoint), before
+    Flower or Ray start and before anything is written; returns the config with run-dir set."""
+    from fedwsa.preflight import preflight
 
-    data = load_dataset(config.dataset, config.data_root, config.seed)
-    client_partitions(config, data.y_train.numpy())
+    return preflight(config).config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _config_from(args)
+    if args.resume:
+        from fedwsa.preflight import resume_config
+
+        config = resume_config(args.resume, _overrides(args))
+    else:
+        config = _config_from(args)
     if args.num_supernodes < 1:
         raise ConfigError("--num-supernodes", args.num_supernodes, "an integer >= 1")
-    check_inputs(config)
+    if args.num_gpus < 0:
+        raise ConfigError("--num-gpus", args.num_gpus, "a number >= 0")
+    if args.num_gpus > 0:
+        import torch
+
+        if not torch.cuda.is_available():  # Ray would build no actor and the run would hang
+            raise ConfigError("--num-gpus", args.num_gpus, "0 (no CUDA device is visible here)")
+    config = check_inputs(config)
     run_dir = simulate(config, args.num_supernodes, args.num_gpus)
     print(f"run directory: {run_dir}")
     return 0
@@ -89,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Flower SuperNodes; the cohort is split over them (default 1)")
     run.add_argument("--num-gpus", type=float, default=0.0,
                      help="GPUs per SuperNode in Flower's backend config (1 = a node per GPU)")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue RUN_DIR from its last checkpoint (its config; -c may only "
+                          "change num-server-rounds, eval-every, checkpoint-every, device, "
+                          "data-root, max-batched-clients)")
     run.set_defaults(func=cmd_run)
 
     parts = sub.add_parser("partitions", help="partition statistics and a heat map")
@@ -98,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="print every config key with its default")
     keys.set_defaults(func=cmd_keys)
+
+    from fedwsa.commands import add_result_commands  # compare, summarize, plot
+
+    add_result_commands(sub)
     return parser
 
 
@@ -106,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ConfigError, ValueError) as err:  # bad input: one clear line, status 2
-        print(f"fedwsa: error: {err}", file=sys.stderr)
+        text = " ".join(str(err).split())  # one line, whatever the message holds
+        print(f"fedwsa: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -24,18 +24,42 @@ def default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{config.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-class RunWriter:
-    """Owns one run directory for the duration of a run."""
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, RESULT_FILE, MODEL_FILE, "checkpoint.pt")
+"""Files whose presence means a directory already holds a run."""
 
-    def __init__(self, path: Path, config: Config) -> None:
+
+def run_state(path: Path) -> str:
+    """``"none"`` (no run here), ``"finished"`` (result.json) or ``"unfinished"``."""
+    if not path.is_dir() or not any((path / f).exists() for f in RUN_FILES):
+        return "none"
+    return "finished" if (path / RESULT_FILE).exists() else "unfinished"
+
+
+class RunWriter:
+    """Owns one run directory for the duration of a run.
+
+    ``rows`` continues a resumed run: the metrics file is rewritten at once to exactly these
+    rows (those of rounds after the checkpoint are dropped), and the previous final model and
+    result are removed until this run writes its own.
+    """
+
+    def __init__(self, path: Path, config: Config,
+                 rows: list[dict[str, object]] | None = None) -> None:
         self.path = path
-        self.rows: list[dict[str, object]] = []
+        self.rows: list[dict[str, object]] = list(rows or [])
         path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path / CONFIG_FILE, config.to_dict())
+        if rows is not None:
+            for stale in (RESULT_FILE, MODEL_FILE):
+                (path / stale).unlink(missing_ok=True)
+            self._write_metrics()
 
     def append_metrics(self, row: dict[str, object]) -> None:
         """Add one evaluated round (the whole file is rewritten atomically; it is small)."""
         self.rows.append(row)
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows)
         write_text_atomic(self.path / METRICS_FILE, text)
 

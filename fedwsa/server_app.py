@@ -1,8 +1,8 @@
 """The Flower ``ServerApp``: build everything from the run config, run the rounds, write results.
 
-The round loop is ours rather than ``Strategy.start`` because a run evaluates every
-``eval-every`` rounds, keeps the previous model when too few clients succeed, and writes a run
-directory as it goes.
+The round loop is ours rather than ``Strategy.start`` because a run checks its input before
+anything starts, evaluates every ``eval-every`` rounds, keeps the previous model when too few
+clients succeed, writes a run directory and checkpoints as it goes, and resumes from them.
 """
 
 from __future__ import annotations
@@ -15,13 +15,21 @@ from flwr.app import ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from fedwsa.checkpoint import (
+    Checkpoint,
+    capture_rng,
+    restore_rng,
+    save_checkpoint,
+    seed_global_rngs,
+)
 from fedwsa.config import Config, make_config
 from fedwsa.data import load_dataset
 from fedwsa.device import resolve_device
 from fedwsa.evaluation import evaluate
 from fedwsa.models import build_model, check_functional
+from fedwsa.preflight import preflight
 from fedwsa.protocol import from_arrays, to_arrays
-from fedwsa.rundir import RunWriter, default_run_dir
+from fedwsa.rundir import RunWriter
 from fedwsa.strategies import build_strategy
 
 NODE_WAIT_S = 600.0
@@ -43,7 +51,16 @@ def wait_for_nodes(grid: Grid, settle_s: float = 1.0, timeout_s: float = NODE_WA
 
 
 def run_federation(grid: Grid, config: Config) -> Path:
-    """Run ``config`` over the nodes of ``grid``; returns the run directory."""
+    """Run ``config`` over the nodes of ``grid``; returns the run directory.
+
+    Checks everything first (``preflight``): a bad config fails here, before the run directory
+    exists. With ``resume`` it continues from the run directory's checkpoint: global weights,
+    strategy state, RNG states and metrics rows are restored, and the rounds after the
+    checkpoint are run again exactly as the uninterrupted run would have run them.
+    """
+    plan = preflight(config)
+    config, run_path, ckpt = plan.config, plan.run_dir, plan.checkpoint
+    seed_global_rngs(config.seed)  # before anything that might draw (a strategy's init)
     t0 = time.monotonic()
     data = load_dataset(config.dataset, config.data_root, config.seed)
     device = resolve_device(config.device)
@@ -51,11 +68,18 @@ def run_federation(grid: Grid, config: Config) -> Path:
     check_functional(model)
     model.to(device)
     strategy = build_strategy(config)
-    run_path = Path(config.run_dir) if config.run_dir else default_run_dir(config)
-    writer = RunWriter(run_path, config)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     mean, std = data.mean.to(device), data.std.to(device)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    first_round = 1
+    if ckpt is not None:
+        params = {k: v.to(device) for k, v in ckpt.params.items()}
+        strategy.load_state_dict(ckpt.strategy)
+        restore_rng(ckpt.rng)
+        t0 -= ckpt.elapsed_s  # elapsed-s goes on from the checkpoint (time lost is not counted)
+        first_round = ckpt.round + 1
+        log(INFO, "[fedwsa] resuming %s after round %d", run_path.resolve(), ckpt.round)
+    writer = RunWriter(run_path, config, rows=None if ckpt is None else ckpt.metrics)
 
     def evaluate_round(server_round: int, round_metrics: dict[str, float]) -> None:
         loss, acc = evaluate(model, params, x_test, y_test, mean, std)
@@ -74,12 +98,19 @@ def run_federation(grid: Grid, config: Config) -> Path:
             server_round, config.num_server_rounds, acc, loss,
             "-" if row["train-loss"] is None else f"{row['train-loss']:.4f}")
 
+    def checkpoint(server_round: int) -> None:
+        save_checkpoint(run_path, Checkpoint(
+            round=server_round, config=config.to_dict(), params=params,
+            strategy=strategy.state_dict(), rng=capture_rng(), metrics=list(writer.rows),
+            elapsed_s=time.monotonic() - t0))
+
     log(INFO, "[fedwsa] run directory: %s", run_path.resolve())
     nodes = wait_for_nodes(grid)
     log(INFO, "[fedwsa] %d node(s) connected", len(nodes))
-    evaluate_round(0, {})
+    if ckpt is None:
+        evaluate_round(0, {})
     arrays = to_arrays(params)
-    for server_round in range(1, config.num_server_rounds + 1):
+    for server_round in range(first_round, config.num_server_rounds + 1):
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
         replies = grid.send_and_receive(messages)
         new_arrays, metrics = strategy.aggregate_train(server_round, replies)
@@ -90,6 +121,8 @@ def run_federation(grid: Grid, config: Config) -> Path:
         last = server_round == config.num_server_rounds
         if server_round % config.eval_every == 0 or last:
             evaluate_round(server_round, round_metrics)
+        if config.checkpoint_every and (server_round % config.checkpoint_every == 0 or last):
+            checkpoint(server_round)
     writer.save_model(params)
     writer.finish(config.num_server_rounds, time.monotonic() - t0)
     return run_path

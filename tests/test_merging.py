@@ -274,3 +274,44 @@ def test_unequal_leading_axes_raise() -> None:
         weighted_average(st, torch.ones(4))
     with pytest.raises(ValueError, match="weights"):
         weighted_average(_stacked(4, 13), torch.ones(5))
+
+
+@pytest.mark.parametrize("svd", ["exact", "randomized"])
+def test_one_client_or_zero_lambda_gives_average(svd: str) -> None:
+    """A round where one client succeeded keeps its weights; lam = 0 is plain averaging."""
+    one = _stacked(1, 14)
+    got = cart(one, torch.tensor([3.0]), rank=0.16, lam=1.9, svd=svd, seed=0)
+    _assert_dicts_close(got, {n: x[0] for n, x in _np(one).items()}, atol=1e-12)
+    st = _stacked(4, 15)
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    ref = {n: _avg_ref(x, w.double().numpy() / 10.0) for n, x in _np(st).items()}
+    _assert_dicts_close(cart(st, w, rank=0.16, lam=0.0, svd=svd, seed=0), ref, atol=1e-12)
+
+
+def test_exact_cart_in_client_chunks_matches_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact path converts clients to float64 in chunks; one client per chunk changes
+    nothing (tall fc1 and wide conv/fc2 matrices both covered)."""
+    import fedwsa.merging as merging
+
+    st = _stacked(5, 16, dtype=torch.float32)
+    w = torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0])
+    whole = cart(st, w, rank=0.2, lam=1.9)
+    monkeypatch.setattr(merging, "_EXACT_CHUNK_BYTES", 1)
+    chunked = cart(st, w, rank=0.2, lam=1.9)
+    ref = _cart_ref(_np(st), w.double().numpy(), 0.2, 1.9)
+    _assert_dicts_close(chunked, ref, atol=2e-5, rtol=1e-5)
+    for n in whole:
+        torch.testing.assert_close(chunked[n], whole[n], rtol=1e-6, atol=1e-6)
+
+
+def test_centred_updates_of_lower_rank_than_k_give_average() -> None:
+    """If every D_i has rank < k, SVD_k(D_i) = D_i and the sum is sum_i p_i D_i = 0."""
+    gen = torch.Generator().manual_seed(17)
+    base = torch.randn(30, 50, generator=gen, dtype=torch.float64)
+    a, b = torch.randn(3, 30, 1, generator=gen, dtype=torch.float64), torch.randn(
+        3, 1, 50, generator=gen, dtype=torch.float64)
+    st = {"fc.weight": base + a @ b}  # theta_i = base + a_i b_i^T: D_i has rank <= 2
+    w = torch.tensor([1.0, 2.0, 4.0])
+    got = cart(st, w, rank=0.2, lam=1.9)  # k = 6
+    want = _avg_ref(st["fc.weight"].numpy(), w.double().numpy() / 7.0)
+    np.testing.assert_allclose(got["fc.weight"].numpy(), want, atol=1e-10)

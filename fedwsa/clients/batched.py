@@ -12,7 +12,14 @@ sequential trainer computes:
   padding), which gives the same mean loss and gradient as the short batch itself.
 - Batches are gathered by index from the uint8 train set on the device, augmented there in batch
   with each client's own seeded draws (the same draws the sequential trainer makes).
-- Cohorts larger than ``max-batched-clients`` are trained in chunks of similar step counts.
+- Cohorts larger than ``max-batched-clients`` are trained in chunks of similar step counts
+  (0: the whole cohort on a GPU, ``CPU_CHUNK`` clients at a time on a CPU).
+- SGD (momentum, weight decay) runs on the stacked tensors with the ``_foreach`` kernels that
+  ``torch.optim.SGD`` uses, one call per operation for all parameters.
+
+Everything that does not change during a chunk (active clients per step, labels, which samples
+count towards the reported loss) is laid out once per chunk, so a step is one ``vmap(grad)``
+call, one image gather and four update calls.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from torch.nn import functional as F
 from fedwsa.clients.batches import epoch_plan, load_images
 from fedwsa.clients.node import NodeData
 from fedwsa.clients.trainer import CohortResult, CohortTask, LocalSettings, num_batches
+from fedwsa.models import check_functional
 from fedwsa.scope import wsa_penalty
 
 
@@ -38,9 +46,11 @@ class ChunkLayout:
 
     client_ids: list[int]
     steps: torch.Tensor          # [K] local steps per client, descending
+    active: list[int]            # [T] clients still training at step t (a prefix of the stack)
     indices: torch.Tensor        # [K, T, B] dataset indices (0 on padding)
+    labels: torch.Tensor         # [K, T, B] their labels
     sample_weight: torch.Tensor  # [K, T, B] 1/b on real samples, 0 on padding
-    last_epoch: torch.Tensor     # [K, T] True where the step belongs to the last epoch
+    loss_mask: torch.Tensor      # [K, T, B] 1 on real samples of the last epoch (reported loss)
     offsets: torch.Tensor | None  # [K, T, B, 2] crop offsets when augmenting
     flips: torch.Tensor | None    # [K, T, B]
 
@@ -87,15 +97,26 @@ def layout_chunk(data: NodeData, client_ids: list[int], settings: LocalSettings,
                 flips[k, pos] = plan.flips
         last[k, (s.local_epochs - 1) * per_epoch: s.local_epochs * per_epoch] = True
     shape = (K, T, B)
+    weight = weight.view(shape)
+    steps_t = torch.tensor(steps)
     return ChunkLayout(
         client_ids=list(client_ids),
-        steps=torch.tensor(steps),
+        steps=steps_t,
+        active=(steps_t.unsqueeze(1) > torch.arange(T)).sum(dim=0).tolist(),
         indices=indices.view(shape),
-        sample_weight=weight.view(shape),
-        last_epoch=last,
+        labels=data.labels[indices].view(shape),
+        sample_weight=weight,
+        loss_mask=((weight > 0) & last.unsqueeze(-1)).float(),
         offsets=None if offsets is None else offsets.view(*shape, 2),
         flips=None if flips is None else flips.view(shape),
     )
+
+
+CPU_CHUNK = 16
+"""Clients per chunk on a CPU when ``max-batched-clients`` is 0. A CPU runs vmap's grouped
+convolutions less efficiently as the stack grows past the caches: for 100 clients of ~50
+synthetic images, chunks of 8-32 took 2.2-3.3 CPU-s per cohort, the whole cohort at once
+3.0-4.1 CPU-s (2-core CPU, 1 and 2 torch threads). A GPU wants the whole cohort."""
 
 
 class BatchedTrainer:
@@ -103,13 +124,15 @@ class BatchedTrainer:
 
     def __init__(self, model: nn.Module, data: NodeData, settings: LocalSettings,
                  max_clients: int = 0, precision: str = "fp32") -> None:
+        check_functional(model)  # running statistics cannot live on stacked weights
         self.model = model.to(data.device)
         self.data = data
         self.settings = settings
-        self.max_clients = max_clients
+        self.max_clients = max_clients or (CPU_CHUNK if data.device.type == "cpu" else 0)
         self.precision = precision
         self._wsa_names: list[str] = []
-        self._grad = vmap(grad(self._loss, has_aux=True), in_dims=(0, 0, 0, 0, 0, 0, 0))
+        # Per client: weights, images, labels, sample weights. Shared: the WSA target.
+        self._grad = vmap(grad(self._loss, has_aux=True), in_dims=(0, 0, 0, 0, None, None, None))
 
     def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
               w: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor
@@ -156,42 +179,42 @@ class BatchedTrainer:
         """SGD for one chunk; returns weights, last-epoch mean CE, computed and real samples."""
         s, data, dev = self.settings, self.data, self.data.device
         K, T, B = layout.indices.shape
+        names = list(task.global_params)
         params = {n: v.to(dev).unsqueeze(0).repeat(K, *([1] * v.dim()))
                   for n, v in task.global_params.items()}
         bufs = {n: torch.zeros_like(v) for n, v in params.items()}
         if self._wsa_names and task.wsa is not None:
-            beta = torch.full((K,), task.wsa.beta, device=dev)
-            mu = task.wsa.mu.to(dev).expand(K, -1)
-            sigma = task.wsa.sigma.to(dev).expand(K, -1)
+            beta = torch.tensor(task.wsa.beta, device=dev)
+            mu, sigma = task.wsa.mu.to(dev), task.wsa.sigma.to(dev)
         else:
-            beta, mu, sigma = (torch.zeros(K, device=dev), torch.zeros(K, 1, device=dev),
-                               torch.ones(K, 1, device=dev))
-        loss_sum = torch.zeros(K, device=dev)
-        steps = layout.steps.tolist()
-        computed = 0.0
-        for t in range(T):
-            k = sum(1 for n in steps if n > t)  # active clients: a prefix (sorted descending)
+            beta, mu, sigma = (torch.zeros((), device=dev), torch.zeros(1, device=dev),
+                               torch.ones(1, device=dev))
+        ce_sum = torch.zeros(K, T, device=dev)  # per client and step: CE summed over the batch
+        for t, k in enumerate(layout.active):
             idx = layout.indices[:k, t]
-            w = layout.sample_weight[:k, t]
             x = load_images(
                 data, idx,
                 None if layout.offsets is None else layout.offsets[:k, t],
                 None if layout.flips is None else layout.flips[:k, t],
             )
-            active = {n: v[:k] for n, v in params.items()}
-            grads, ce = self._grad(active, x, data.labels[idx], w, beta[:k], mu[:k], sigma[:k])
+            active = [params[n][:k] for n in names]  # views: updated in place below
+            grads, ce = self._grad(dict(zip(names, active, strict=True)), x,
+                                   layout.labels[:k, t], layout.sample_weight[:k, t],
+                                   beta, mu, sigma)
             with torch.no_grad():
-                real_mask = (w > 0).float()
-                loss_sum[:k] += (ce * real_mask).sum(dim=1) * layout.last_epoch[:k, t]
-                for n, p in active.items():
-                    g = grads[n]
-                    if s.weight_decay:
-                        g = g.add(p, alpha=s.weight_decay)
-                    buf = bufs[n][:k]
-                    buf.mul_(s.momentum).add_(g)
-                    p.add_(buf, alpha=-s.lr)
-            computed += k * B
+                ce_sum[:k, t] = (ce * layout.loss_mask[:k, t]).sum(dim=1)
+                # torch.optim.SGD (dampening 0, no Nesterov): g += wd p; buf = m buf + g;
+                # p -= lr buf. A zero buffer makes the first step buf = g, as in SGD.
+                g = [grads[n] for n in names]
+                if s.weight_decay:
+                    torch._foreach_add_(g, active, alpha=s.weight_decay)
+                buf = [bufs[n][:k] for n in names]
+                torch._foreach_mul_(buf, s.momentum)
+                torch._foreach_add_(buf, g)
+                torch._foreach_add_(active, buf, alpha=-s.lr)
+        computed = float(B * sum(layout.active))
         real = float((layout.sample_weight > 0).sum())
-        per_epoch_n = [data.client_size(c) for c in layout.client_ids]
-        losses = [float(loss_sum[i]) / max(n, 1) for i, n in enumerate(per_epoch_n)]
+        loss_sum = ce_sum.sum(dim=1).tolist()
+        losses = [loss_sum[i] / max(data.client_size(c), 1)
+                  for i, c in enumerate(layout.client_ids)]
         return params, losses, computed, real

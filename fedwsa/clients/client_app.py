@@ -5,6 +5,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedwsa.clients.failures import train_cohort
 from fedwsa.clients.node import node_data
 from fedwsa.clients.trainer import CohortTask, WsaTarget
 from fedwsa.clients.trainers import build_trainer
@@ -31,8 +32,8 @@ def train(msg: Message, context: Context) -> Message:
             mu=torch.tensor(request.wsa["mu"], dtype=torch.float32),
             sigma=torch.tensor(request.wsa["sigma"], dtype=torch.float32),
         )
-    result = trainer.train(CohortTask(request.server_round, request.client_ids,
-                                      request.global_params, wsa))
+    task = CohortTask(request.server_round, request.client_ids, request.global_params, wsa)
+    result = train_cohort(trainer, task, seed=config.seed, fail_rate=config.fail_rate)
     reply = TrainReply(result.client_ids, result.params, result.num_examples,
                        result.train_loss, result.failures, result.stats)
     return Message(content=pack_reply(reply), reply_to=msg)

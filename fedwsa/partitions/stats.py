@@ -94,8 +94,10 @@ def format_summary(summary: dict[str, float | int | str]) -> str:
     return "\n".join(lines)
 
 
-def plot_heatmap(counts: np.ndarray, path: str | Path, title: str) -> Figure:
+def plot_heatmap(counts: np.ndarray, path: str | Path | None, title: str) -> Figure:
     """Save a clients x classes heat map of ``counts`` as PNG and return the figure.
+
+    ``path=None`` only returns the figure (notebooks display it; nothing is written).
 
     Uses ``matplotlib.figure.Figure`` directly (no pyplot, no global backend switch), so it is
     safe inside a library and headless. The file is written atomically.
@@ -120,6 +122,8 @@ def plot_heatmap(counts: np.ndarray, path: str | Path, title: str) -> Figure:
         for (client, label), value in np.ndenumerate(counts):
             colour = "black" if value > threshold else "white"
             ax.text(label, client, str(value), ha="center", va="center", fontsize=7, color=colour)
+    if path is None:
+        return fig
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedwsa.config import Config
 from fedwsa.protocol import TrainRequest, from_arrays, pack_request, to_arrays, unpack_reply
+from fedwsa.scope import model_scopes, regularised_names, scope_kl, sigma_spread, stacked_scopes
 
 
 @dataclass
@@ -73,7 +74,7 @@ class CohortStrategy(Strategy):
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.min_clients = 1
+        self.min_clients = config.min_clients
         self._sent: dict[int, list[int]] = {}
         self._global: dict[str, torch.Tensor] = {}
         self.last_updates: ClientUpdates | None = None
@@ -90,8 +91,30 @@ class CohortStrategy(Strategy):
 
     def round_metrics(self, server_round: int, global_params: dict[str, torch.Tensor],
                       updates: ClientUpdates) -> dict[str, float]:
-        """Extra per-round metrics computed from the clients' weights."""
-        return {}
+        """Scope metrics of the clients' weights at the end of local training (METHODS.md 1).
+
+        - ``wsa-kl``: unweighted mean over the round's successful clients of
+          sum_l KL(client scope_l || target_l), over the target's layers. The target is
+          ``metric_target``: for strategies without a WSA target, the scope of the global model
+          sent this round (every regularised layer), so the number says how far local training
+          moved the scopes; FedWSA measures against the target it sent.
+        - ``scope-sigma-spread``: ``scope.sigma_spread`` of the clients' sigmas over every
+          regularised layer (mean over layers of the population std over clients), the same
+          layers for every strategy so runs compare.
+        """
+        names, mu_t, sigma_t = self.metric_target(global_params)
+        mu, sigma = stacked_scopes({n: updates.params[n] for n in names}, names)
+        kl = scope_kl(mu.double(), sigma.double(), mu_t.double(), sigma_t.double()).sum(dim=1)
+        all_names = regularised_names(global_params)
+        _, sigma_all = stacked_scopes({n: updates.params[n] for n in all_names}, all_names)
+        return {"wsa-kl": float(kl.mean()), "scope-sigma-spread": sigma_spread(sigma_all)}
+
+    def metric_target(self, global_params: dict[str, torch.Tensor]
+                      ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """Layer names and target scope ``wsa-kl`` is measured against: the sent global model's."""
+        names = regularised_names(global_params)
+        mu, sigma = model_scopes(global_params, names)
+        return names, mu, sigma
 
     def state_dict(self) -> dict[str, object]:
         """Strategy state that a checkpoint must keep (none for plain FedAvg)."""
@@ -159,6 +182,10 @@ class CohortStrategy(Strategy):
             finite = _finite(params)
             for j in torch.nonzero(~finite).flatten().tolist():
                 failures[ids[j]] = "non-finite weights"
+            for j, cid in enumerate(ids):
+                if finite[j] and not math.isfinite(per_client[cid][2]):
+                    finite[j] = False
+                    failures[cid] = "non-finite train loss"
             keep = [j for j in range(len(ids)) if bool(finite[j])]
             params = {n: v[keep] for n, v in params.items()}
             ids = [ids[j] for j in keep]
@@ -185,7 +212,9 @@ class CohortStrategy(Strategy):
         if len(updates.client_ids) < max(1, self.min_clients):
             log(WARNING, "round %d: only %d client(s) succeeded (min-clients=%d); keeping the "
                 "previous global model", server_round, len(updates.client_ids), self.min_clients)
+            metrics["global-updated"] = 0
             return None, MetricRecord(metrics)
+        metrics["global-updated"] = 1
         metrics["train-loss"] = float(np.mean(updates.train_loss))
         metrics.update(self.round_metrics(server_round, self._global, updates))
         new_global = self.aggregate(server_round, self._global, updates)

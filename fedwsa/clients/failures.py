@@ -1,0 +1,141 @@
+"""Client failures on a node: fault injection, isolation of a failing client, non-finite results.
+
+One bad client must not cost the node its cohort. ``train_cohort`` wraps whichever trainer the
+run uses (sequential or batched) so that every failure is reported per client, by id, with a
+reason, and the other clients' results still go back to the server:
+
+- ``fail-rate`` fault injection: a client chosen by a draw seeded from (seed, round, client)
+  raises ``InjectedFault`` when its training starts, so the same clients fail in every run and
+  in a resumed run, whatever trainer or node layout.
+- A trainer that raises for a cohort (the batched trainer cannot raise per client inside
+  ``vmap``) is retried one client at a time, which isolates the client(s) that raise.
+- A client whose weights or train loss come back non-finite is moved to the failures; clients
+  trained together under ``vmap`` never mix values, so one diverging client cannot poison the
+  others' weights. The server checks for non-finite weights again (``CohortStrategy.collect``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from fedwsa.clients.trainer import CohortResult, CohortTask, Trainer
+
+log = logging.getLogger(__name__)
+
+_FAULT_STREAM = 0xFA11  # keeps fault draws independent of every other seeded stream
+
+
+class InjectedFault(RuntimeError):
+    """The failure ``fail-rate`` injects into a client's training."""
+
+
+def injected_fault(seed: int, server_round: int, client_id: int, fail_rate: float) -> bool:
+    """Is ``client_id`` chosen to fail in ``server_round``? Depends only on its arguments."""
+    if fail_rate <= 0.0:
+        return False
+    rng = np.random.default_rng([seed, server_round, client_id, _FAULT_STREAM])
+    return bool(rng.random() < fail_rate)
+
+
+def start_client(seed: int, server_round: int, client_id: int, fail_rate: float) -> None:
+    """Called as a client's training starts: raises ``InjectedFault`` for a chosen client."""
+    if injected_fault(seed, server_round, client_id, fail_rate):
+        raise InjectedFault(f"injected failure (fail-rate={fail_rate}, round {server_round})")
+
+
+def reason(err: BaseException) -> str:
+    """One line saying what went wrong."""
+    return f"{type(err).__name__}: {err}".replace("\n", " ")[:500]
+
+
+def empty_result(task: CohortTask, failures: dict[int, str] | None = None) -> CohortResult:
+    """A result with no trained clients (weights stacked on an empty client axis)."""
+    params = {n: v.new_empty((0, *v.shape)) for n, v in task.global_params.items()}
+    return CohortResult([], params, [], [], dict(failures or {}))
+
+
+def train_cohort(trainer: Trainer, task: CohortTask, seed: int, fail_rate: float = 0.0
+                 ) -> CohortResult:
+    """Train ``task``'s clients with ``trainer``; failed clients are reported, never fatal."""
+    failures: dict[int, str] = {}
+    healthy: list[int] = []
+    for cid in task.client_ids:
+        try:
+            start_client(seed, task.server_round, cid, fail_rate)
+            healthy.append(cid)
+        except Exception as err:  # a failing client is reported, the others train
+            failures[cid] = reason(err)
+    result = _isolating(trainer, replace(task, client_ids=healthy)) if healthy else \
+        empty_result(task)
+    result = drop_non_finite(result)
+    result.failures = {**failures, **result.failures}
+    for cid, why in sorted(result.failures.items()):
+        log.warning("client %d failed in round %d: %s", cid, task.server_round, why)
+    return result
+
+
+def _isolating(trainer: Trainer, task: CohortTask) -> CohortResult:
+    """``trainer.train(task)``; if the cohort raises, train its clients one by one."""
+    try:
+        return trainer.train(task)
+    except Exception as err:
+        if len(task.client_ids) == 1:
+            return empty_result(task, {task.client_ids[0]: reason(err)})
+        log.warning("cohort of %d clients failed in round %d (%s); training them one by one "
+                    "to isolate the failing client(s)", len(task.client_ids), task.server_round,
+                    reason(err))
+    parts = [_isolating(trainer, replace(task, client_ids=[cid])) for cid in task.client_ids]
+    return merge_results(task, parts)
+
+
+def merge_results(task: CohortTask, parts: list[CohortResult]) -> CohortResult:
+    """Concatenate per-client results (in ``task.client_ids`` order); stats are averaged."""
+    ids = [cid for p in parts for cid in p.client_ids]
+    params = {n: torch.cat([p.params[n] for p in parts]) if parts else
+              v.new_empty((0, *v.shape)) for n, v in task.global_params.items()}
+    stats: dict[str, list[float]] = {}
+    for p in parts:
+        for k, v in p.stats.items():
+            stats.setdefault(k, []).append(v)
+    return CohortResult(
+        client_ids=ids,
+        params=params,
+        num_examples=[n for p in parts for n in p.num_examples],
+        train_loss=[v for p in parts for v in p.train_loss],
+        failures={cid: why for p in parts for cid, why in p.failures.items()},
+        stats={k: float(np.mean(v)) for k, v in stats.items()},
+    )
+
+
+def drop_non_finite(result: CohortResult) -> CohortResult:
+    """Move clients whose weights or train loss are not finite to ``failures``."""
+    if not result.client_ids:
+        return result
+    finite = torch.ones(len(result.client_ids), dtype=torch.bool)
+    for v in result.params.values():
+        finite &= torch.isfinite(v.detach().reshape(v.shape[0], -1)).all(dim=1).cpu()
+    keep: list[int] = []
+    failures = dict(result.failures)
+    for j, cid in enumerate(result.client_ids):
+        if not bool(finite[j]):
+            failures[cid] = "non-finite weights after local training"
+        elif not math.isfinite(result.train_loss[j]):
+            failures[cid] = "non-finite train loss"
+        else:
+            keep.append(j)
+    if len(keep) == len(result.client_ids):
+        return result
+    index = torch.tensor(keep, dtype=torch.long)
+    return CohortResult(
+        client_ids=[result.client_ids[j] for j in keep],
+        params={n: v[index.to(v.device)] for n, v in result.params.items()},
+        num_examples=[result.num_examples[j] for j in keep],
+        train_loss=[result.train_loss[j] for j in keep],
+        failures=failures,
+        stats=dict(result.stats),
+    )

@@ -1,0 +1,193 @@
+"""The batched trainer beyond per-client equivalence: a whole round through the ClientApp,
+bf16 autocast, models it must refuse, ResNet-18 with GroupNorm, and its reported statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+from torch import nn
+
+from fedwsa.clients.batched import BatchedTrainer, layout_chunk, plan_chunks
+from fedwsa.clients.client_app import train
+from fedwsa.clients.node import NodeData, node_data
+from fedwsa.clients.sequential import SequentialTrainer
+from fedwsa.clients.trainer import CohortTask, LocalSettings
+from fedwsa.config import make_config
+from fedwsa.data import load_dataset
+from fedwsa.models import build_model
+from fedwsa.protocol import from_arrays, to_arrays, unpack_reply
+from fedwsa.strategies import FedAvg
+
+# 6 of 40 clients (77..139 examples, 3-5 steps each) over two nodes. Few steps keep the two
+# trainers float-close: over tens of steps a ReLU or max-pool tie broken differently by the two
+# convolution layouts grows into differences of ~1e-3 of the update (same as test_trainers).
+ROUND = {"dataset": "synthetic", "num-clients": 40, "fraction-train": 0.15, "seed": 4,
+         "alpha": 0.5, "batch-size": 32, "lr": 0.05, "momentum": 0.9, "weight-decay": 1e-3,
+         "local-epochs": 1, "device": "cpu"}
+
+
+class FakeGrid:
+    """The two nodes a strategy configures a round for (as in tests/test_fedavg.py)."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+
+def one_round(trainer: str):
+    """Round 1 through FedAvg.configure_train -> ClientApp train -> FedAvg.aggregate_train."""
+    config = make_config({**ROUND, "trainer": trainer})
+    strategy = FedAvg(config)
+    g = {k: v.detach().clone()
+         for k, v in build_model("simple-cnn", 10, seed=config.seed).named_parameters()}
+    messages = list(strategy.configure_train(1, to_arrays(g), None, FakeGrid()))
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    replies = [train(msg, context) for msg in messages]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    return config, from_arrays(arrays), metrics, [unpack_reply(r.content) for r in replies]
+
+
+def test_full_round_batched_equals_sequential(flower_identity: None) -> None:
+    _, seq_global, seq_metrics, _ = one_round("sequential")
+    config, bat_global, bat_metrics, bat_replies = one_round("batched")
+    for name, value in seq_global.items():
+        torch.testing.assert_close(bat_global[name], value, rtol=1e-4, atol=1e-5)
+    assert bat_metrics["train-loss"] == pytest.approx(seq_metrics["train-loss"], rel=1e-4)
+    assert bat_metrics["clients-sampled"] == 6 and bat_metrics["clients-failed"] == 0
+
+    # Each node reports the share of computed samples that were padding: its clients' short
+    # last batches, counted here from the partition sizes alone.
+    data = node_data(config)
+    B = config.batch_size
+    expected = []
+    for reply in bat_replies:
+        sizes = [data.client_size(c) for c in reply.client_ids]
+        padded = sum(-(-n // B) * B for n in sizes)
+        expected.append(1 - sum(sizes) / padded)
+        assert reply.stats["wasted-fraction"] == pytest.approx(expected[-1])
+    assert bat_metrics["node-wasted-fraction"] == pytest.approx(sum(expected) / len(expected))
+    assert "node-wasted-fraction" not in seq_metrics  # the sequential trainer pads nothing
+
+
+# --- shared small node -----------------------------------------------------------------------
+
+def tiny_node(sizes: tuple[int, ...]) -> NodeData:
+    data = load_dataset("synthetic", "", 0)
+    parts, start = [], 0
+    for n in sizes:
+        parts.append(torch.arange(start, start + n))
+        start += n
+    return NodeData(torch.device("cpu"), data.x_train, data.y_train, data.mean, data.std,
+                    data.num_classes, tuple(parts))
+
+
+def settings(batch_size: int = 16, epochs: int = 1) -> LocalSettings:
+    return LocalSettings(local_epochs=epochs, batch_size=batch_size, lr=0.05, momentum=0.9,
+                         weight_decay=1e-3, augment=False, seed=5)
+
+
+def initial(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def relative_update_error(result, reference, g: dict[str, torch.Tensor], k: int) -> float:
+    """|w - w_ref| / |w_ref - w_0| for client k: the error relative to the local update."""
+    diff = torch.cat([(result.params[n][k] - reference.params[n][k]).flatten() for n in g])
+    update = torch.cat([(reference.params[n][k] - g[n]).flatten() for n in g])
+    return float(diff.norm() / update.norm())
+
+
+def test_bf16_autocast_runs_on_cpu_and_stays_close_to_fp32() -> None:
+    """bf16 keeps 8 significant bits (relative rounding 2^-9 ~ 0.2%) in every conv/linear input
+    and output, while the weights, the loss and the SGD update stay fp32. Near initialisation
+    the loss is ~ln 10 and each gradient is a small sum of large terms that mostly cancel, so
+    that rounding shows up as several % of the local update (3-12% measured over two seeds and
+    four clients here), mostly in its length: its direction and the loss barely move. Hence
+    the loose bounds: the update within 25% and at cosine > 0.97 of the fp32 sequential
+    reference, the loss within 0.2%, and bf16 visibly not fp32 (error > 0.1%)."""
+    sizes = (40, 17, 33)
+    node = tiny_node(sizes)
+    model = build_model("simple-cnn", node.num_classes, seed=2)
+    g = initial(model)
+    task = CohortTask(1, [0, 1, 2], g)
+    ref = SequentialTrainer(model, node, settings()).train(task)
+    fp32 = BatchedTrainer(model, node, settings(), precision="fp32").train(task)
+    bf16 = BatchedTrainer(model, node, settings(), precision="bf16").train(task)
+    for k in range(len(sizes)):
+        assert relative_update_error(fp32, ref, g, k) < 1e-4
+        assert 1e-3 < relative_update_error(bf16, ref, g, k) < 0.25
+        ref_update = torch.cat([(ref.params[n][k] - g[n]).flatten() for n in g])
+        bf16_update = torch.cat([(bf16.params[n][k] - g[n]).flatten() for n in g])
+        assert float(torch.cosine_similarity(bf16_update, ref_update, dim=0)) > 0.97
+    torch.testing.assert_close(torch.tensor(bf16.train_loss), torch.tensor(ref.train_loss),
+                               rtol=2e-3, atol=0)
+    assert all(v.dtype == torch.float32 for v in bf16.params.values())
+
+
+class BatchNormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_batchnorm_model_is_refused_with_a_clear_message() -> None:
+    node = tiny_node((8,))
+    with pytest.raises(ValueError, match=r"buffer 'bn\.running_mean'.*use GroupNorm"):
+        BatchedTrainer(BatchNormNet(), node, settings())
+
+
+def test_resnet18_groupnorm_trains_batched_like_sequential() -> None:
+    """One SGD step per client (sizes <= batch size; one full batch, one short): GroupNorm has
+    no running statistics, so ResNet-18 trains on stacked weights."""
+    node = tiny_node((4, 3))
+    model = build_model("resnet18", node.num_classes, seed=0)
+    assert not list(model.buffers())
+    g = initial(model)
+    task = CohortTask(1, [0, 1], g)
+    s = settings(batch_size=4)
+    seq = SequentialTrainer(model, node, s).train(task)
+    bat = BatchedTrainer(model, node, s).train(task)
+    for name in g:
+        torch.testing.assert_close(bat.params[name], seq.params[name], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(bat.train_loss), torch.tensor(seq.train_loss),
+                               rtol=1e-4, atol=1e-6)
+    for k in range(2):  # the step did move the weights, and by what SGD says it should
+        assert relative_update_error(bat, seq, g, k) < 1e-3
+
+
+def test_layout_counts_active_clients_per_step() -> None:
+    """The active prefix at step t: clients with more than t steps (a Python loop reference)."""
+    sizes = (70, 5, 33, 16, 17)
+    node = tiny_node(sizes)
+    s = settings(batch_size=16, epochs=2)
+    [chunk] = plan_chunks({c: n for c, n in enumerate(sizes)}, s, 0)
+    layout = layout_chunk(node, chunk, s, server_round=1)
+    steps = [2 * -(-sizes[c] // 16) for c in chunk]
+    assert steps == sorted(steps, reverse=True)
+    assert layout.active == [sum(1 for n in steps if n > t) for t in range(max(steps))]
+    # Labels are those of the laid-out indices; the loss mask covers the last epoch's samples.
+    assert torch.equal(layout.labels, node.labels[layout.indices])
+    for i, c in enumerate(chunk):
+        assert int(layout.loss_mask[i].sum()) == sizes[c]
+
+
+def test_cpu_trains_a_large_cohort_in_chunks_with_the_same_results() -> None:
+    """max-batched-clients=0 on a CPU means chunks of CPU_CHUNK; results are per client."""
+    from fedwsa.clients.batched import CPU_CHUNK
+
+    sizes = tuple(range(1, CPU_CHUNK + 4))  # 19 clients: two chunks
+    node = tiny_node(sizes)
+    model = build_model("simple-cnn", node.num_classes, seed=3)
+    g = initial(model)
+    task = CohortTask(2, list(range(len(sizes))), g)
+    trainer = BatchedTrainer(model, node, settings(batch_size=8))
+    assert trainer.max_clients == CPU_CHUNK
+    bat = trainer.train(task)
+    seq = SequentialTrainer(model, node, settings(batch_size=8)).train(task)
+    for name in g:
+        torch.testing.assert_close(bat.params[name], seq.params[name], rtol=1e-4, atol=1e-5)
