@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
@@ -10,7 +11,7 @@ from fedwsa.clients.node import node_data
 from fedwsa.clients.trainer import CohortTask, WsaTarget
 from fedwsa.clients.trainers import build_trainer
 from fedwsa.config import Config
-from fedwsa.protocol import TrainReply, pack_reply, unpack_request
+from fedwsa.protocol import pack_reply, unpack_request
 
 app = ClientApp()
 
@@ -24,8 +25,6 @@ def train(msg: Message, context: Context) -> Message:
     trainer = build_trainer(config, data)
     wsa = None
     if request.wsa is not None:
-        import torch
-
         wsa = WsaTarget(
             beta=float(request.wsa["beta"]),
             names=tuple(request.wsa["names"]),
@@ -34,6 +33,4 @@ def train(msg: Message, context: Context) -> Message:
         )
     task = CohortTask(request.server_round, request.client_ids, request.global_params, wsa)
     result = train_cohort(trainer, task, seed=config.seed, fail_rate=config.fail_rate)
-    reply = TrainReply(result.client_ids, result.params, result.num_examples,
-                       result.train_loss, result.failures, result.stats)
-    return Message(content=pack_reply(reply), reply_to=msg)
+    return Message(content=pack_reply(result), reply_to=msg)

@@ -8,13 +8,14 @@ protocol, and must give the same per-client results.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from fedwsa.config import Config
+from fedwsa.protocol import TrainReply
 
 
 @dataclass(frozen=True)
@@ -55,20 +56,8 @@ class CohortTask:
     wsa: WsaTarget | None = None
 
 
-@dataclass
-class CohortResult:
-    """Per-client results, stacked on a leading axis in ``client_ids`` order.
-
-    ``failures`` maps the id of each client that could not be trained to the reason; failed
-    clients are absent from ``client_ids`` and from the stacked weights.
-    """
-
-    client_ids: list[int]
-    params: dict[str, torch.Tensor]
-    num_examples: list[int]
-    train_loss: list[float]
-    failures: dict[int, str] = field(default_factory=dict)
-    stats: dict[str, float] = field(default_factory=dict)
+# A cohort's result is exactly what the node's reply carries (the cohort protocol's reply).
+CohortResult = TrainReply
 
 
 class Trainer(Protocol):
