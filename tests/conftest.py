@@ -1,11 +1,11 @@
-"""Shared test setup: one torch thread, and a Flower task identity for building Messages."""
+"""Shared test setup: two torch threads, and a Flower task identity for building Messages."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-torch.set_num_threads(1)  # the test process shares 2 cores with Ray actors
+torch.set_num_threads(2)
 
 
 @pytest.fixture
