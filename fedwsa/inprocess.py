@@ -30,10 +30,11 @@ class InProcessGrid:
     strategy's failure handling runs unchanged.
     """
 
-    def __init__(self, num_nodes: int = 1) -> None:
+    def __init__(self, num_nodes: int = 1, node_ids: Iterable[int] | None = None) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes={num_nodes} invalid: need at least 1 node")
-        self.node_ids = list(range(FIRST_NODE_ID, FIRST_NODE_ID + num_nodes))
+        self.node_ids = (list(node_ids) if node_ids is not None
+                         else list(range(FIRST_NODE_ID, FIRST_NODE_ID + num_nodes)))
         self._contexts = {n: Context(run_id=0, node_id=n, node_config={}, state=RecordDict(),
                                      run_config={}) for n in self.node_ids}
 
@@ -43,16 +44,17 @@ class InProcessGrid:
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> list[Message]:
         """Each message's node handles it in turn; replies come back in the same order."""
+        return [self.answer(msg) for msg in messages]
+
+    def answer(self, msg: Message) -> Message:
+        """The node's reply to one train Message (an error Message if its handler raises)."""
         from fedwsa.clients.client_app import train
 
-        replies = []
-        for msg in messages:
-            try:
-                replies.append(train(msg, self._contexts[msg.metadata.dst_node_id]))
-            except Exception as exc:  # a node failure, not ours: report it as Flower would
-                reason = f"{type(exc).__name__}: {exc}"
-                replies.append(Message(Error(code=0, reason=reason), reply_to=msg))
-        return replies
+        try:
+            return train(msg, self._contexts[msg.metadata.dst_node_id])
+        except Exception as exc:  # a node failure, not ours: report it as Flower would
+            reason = f"{type(exc).__name__}: {exc}"
+            return Message(Error(code=0, reason=reason), reply_to=msg)
 
 
 @contextmanager

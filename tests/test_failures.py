@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import nodes
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,6 @@ from fedwsa.clients.node import NodeData
 from fedwsa.clients.sequential import SequentialTrainer
 from fedwsa.clients.trainer import CohortTask, LocalSettings
 from fedwsa.config import make_config
-from fedwsa.data import load_dataset
 from fedwsa.models import build_model
 from fedwsa.protocol import TrainReply, from_arrays, pack_reply, to_arrays, unpack_reply
 from fedwsa.server_app import run_federation
@@ -29,14 +29,7 @@ SIZES = (30, 12, 41, 7, 25, 18)
 
 
 def make_node(sizes: tuple[int, ...] = SIZES) -> NodeData:
-    data = load_dataset("synthetic", "", 0)
-    perm = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(1))
-    parts, start = [], 0
-    for n in sizes:
-        parts.append(perm[start:start + n].sort().values)
-        start += n
-    return NodeData(torch.device("cpu"), data.x_train, data.y_train, data.mean, data.std,
-                    data.num_classes, tuple(parts))
+    return nodes.make_node(sizes, seed=1)
 
 
 SETTINGS = LocalSettings(local_epochs=1, batch_size=8, lr=0.05, momentum=0.9,

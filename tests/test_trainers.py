@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import nodes
 import pytest
 import torch
 
@@ -9,7 +10,6 @@ from fedwsa.clients.batched import BatchedTrainer, plan_chunks
 from fedwsa.clients.node import NodeData
 from fedwsa.clients.sequential import SequentialTrainer
 from fedwsa.clients.trainer import CohortTask, LocalSettings, WsaTarget
-from fedwsa.data import load_dataset
 from fedwsa.models import build_model
 from fedwsa.scope import model_scopes, regularised_names
 
@@ -17,15 +17,7 @@ SIZES = (37, 5, 64, 1, 20)  # ragged: short last batches, a 1-example client, an
 
 
 def make_node(sizes: tuple[int, ...] = SIZES) -> NodeData:
-    data = load_dataset("synthetic", "", 0)
-    gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(data.y_train), generator=gen)
-    parts, start = [], 0
-    for n in sizes:
-        parts.append(perm[start:start + n].sort().values)
-        start += n
-    return NodeData(torch.device("cpu"), data.x_train, data.y_train, data.mean, data.std,
-                    data.num_classes, tuple(parts))
+    return nodes.make_node(sizes, seed=0)
 
 
 def settings(augment: bool, epochs: int = 2) -> LocalSettings:
