@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
@@ -35,11 +36,25 @@ class InProcessGrid:
             raise ValueError(f"num_nodes={num_nodes} invalid: need at least 1 node")
         self.node_ids = (list(node_ids) if node_ids is not None
                          else list(range(FIRST_NODE_ID, FIRST_NODE_ID + num_nodes)))
+        self._replies: dict[str, Message] = {}
         self._contexts = {n: Context(run_id=0, node_id=n, node_config={}, state=RecordDict(),
                                      run_config={}) for n in self.node_ids}
 
     def get_node_ids(self) -> list[int]:
         return list(self.node_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Give each message an id (as Flower's grids do) and have its node answer it now."""
+        messages = list(messages)
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())
+        for reply in self.send_and_receive(messages):
+            self._replies[reply.metadata.reply_to_message_id] = reply
+        return [msg.metadata.message_id for msg in messages]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """The replies to ``message_ids`` that have not been pulled yet."""
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> list[Message]:

@@ -191,3 +191,60 @@ def test_cpu_trains_a_large_cohort_in_chunks_with_the_same_results() -> None:
     seq = SequentialTrainer(model, node, settings(batch_size=8)).train(task)
     for name in g:
         torch.testing.assert_close(bat.params[name], seq.params[name], rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_results_do_not_depend_on_workers_threads_or_chunks() -> None:
+    """On a CPU every op of the batched trainer runs single-threaded, and clients never mix, so
+    a client's weights are bit-identical whatever the node's CPU count, worker threads and
+    chunk size (augmentation on, two epochs, ragged clients)."""
+    sizes = (77, 100, 139, 50, 20, 64, 90)
+    node = tiny_node(sizes)
+    model = build_model("simple-cnn", node.num_classes, seed=0)
+    g = initial(model)
+    s = LocalSettings(local_epochs=2, batch_size=32, lr=0.05, momentum=0.9, weight_decay=1e-3,
+                      augment=True, seed=0)
+    task = CohortTask(1, list(range(len(sizes))), g)
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for workers, threads, chunk in [(1, 1, 0), (2, 2, 0), (3, 2, 0), (1, 2, 2), (2, 1, 3)]:
+            torch.set_num_threads(threads)
+            runs.append(BatchedTrainer(model, node, s, max_clients=chunk,
+                                       cpu_workers=workers).train(task))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+    for other in runs[1:]:
+        assert other.client_ids == runs[0].client_ids
+        assert other.train_loss == runs[0].train_loss
+        for name in g:
+            assert torch.equal(other.params[name], runs[0].params[name]), name
+
+
+def test_cpu_workers_share_the_clients_and_run_single_threaded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers: each trains its share in a thread of its own, with one torch thread."""
+    import threading
+
+    from fedwsa.clients.batched import share_out
+
+    sizes = {0: 70, 1: 5, 2: 33, 3: 16, 4: 17, 5: 90}
+    groups = share_out(sizes, settings(batch_size=16), workers=2)
+    # Dealt round-robin by steps (6, 5, 3, 2, 1, 1; ties by id), longest first.
+    assert groups == [{5: 90, 2: 33, 1: 5}, {0: 70, 4: 17, 3: 16}]
+    assert share_out({0: 10}, settings(), workers=4) == [{0: 10}]
+
+    seen: list[tuple[int, int]] = []
+    original = BatchedTrainer._train_group
+
+    def spy(self, task, group, worker):  # type: ignore[no-untyped-def]
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return original(self, task, group, worker)
+
+    monkeypatch.setattr(BatchedTrainer, "_train_group", spy)
+    node = tiny_node(tuple(sizes.values()))
+    model = build_model("simple-cnn", node.num_classes, seed=0)
+    result = BatchedTrainer(model, node, settings(), cpu_workers=2).train(
+        CohortTask(1, list(sizes), initial(model)))
+    assert result.client_ids == list(sizes)
+    assert len({ident for ident, _ in seen}) == 2 and all(n == 1 for _, n in seen)

@@ -116,8 +116,9 @@ def test_a_diverging_client_in_the_batched_trainer_does_not_poison_the_others() 
     ids = list(range(len(SIZES)))
     victim = 4
     lane = plan_chunks({c: node.client_size(c) for c in ids}, SETTINGS, 0)[0].index(victim)
-    poisoned = trainer("batched", node)
-    grad_fn = poisoned._grad
+    # One worker thread, so that the victim's lane in the one chunk is known.
+    poisoned = BatchedTrainer(build_model("simple-cnn", 10), node, SETTINGS, cpu_workers=1)
+    grad_fn = poisoned._grads[0]
 
     def nan_for_victim(params, *args):
         grads, ce = grad_fn(params, *args)
@@ -127,9 +128,10 @@ def test_a_diverging_client_in_the_batched_trainer_does_not_poison_the_others() 
                 g[lane] = float("nan")
         return grads, ce
 
-    poisoned._grad = nan_for_victim
+    poisoned._grads[0] = nan_for_victim
     result = train_cohort(poisoned, CohortTask(1, ids, global_params()), seed=SETTINGS.seed)
-    clean = trainer("batched", node).train(CohortTask(1, ids, global_params()))
+    clean = BatchedTrainer(build_model("simple-cnn", 10), node, SETTINGS, cpu_workers=1
+                           ).train(CohortTask(1, ids, global_params()))
     assert list(result.failures) == [victim] and "non-finite" in result.failures[victim]
     assert result.client_ids == [c for c in ids if c != victim]
     for cid in result.client_ids:

@@ -14,6 +14,11 @@ sequential trainer computes:
   with each client's own seeded draws (the same draws the sequential trainer makes).
 - Cohorts larger than ``max-batched-clients`` are trained in chunks of similar step counts
   (0: the whole cohort on a GPU, ``CPU_CHUNK`` clients at a time on a CPU).
+- On a CPU, convolutions run one client at a time inside ``vmap`` (``per_client_conv``: oneDNN's
+  grouped convolutions are slow), and each of the node's cores trains a share of the clients in
+  a thread of its own with single-threaded ops (``cpu_workers``): the small convolutions of FL
+  models barely speed up with a second intra-op thread (measured 1.3x), two independent chunks
+  do (1.6-1.8x).
 - SGD (momentum, weight decay) runs on the stacked tensors with the ``_foreach`` kernels that
   ``torch.optim.SGD`` uses, one call per operation for all parameters.
 
@@ -25,8 +30,13 @@ call, one image gather and four update calls.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,6 +45,7 @@ from torch.nn import functional as F
 
 from fedwsa.clients.batches import epoch_plan, load_images
 from fedwsa.clients.node import NodeData
+from fedwsa.clients.per_client_conv import with_per_client_convs
 from fedwsa.clients.trainer import CohortResult, CohortTask, LocalSettings, num_batches
 from fedwsa.models import check_functional
 from fedwsa.scope import wsa_penalty
@@ -65,6 +76,13 @@ def plan_chunks(sizes: dict[int, int], settings: LocalSettings, max_clients: int
     order = sorted(sizes, key=lambda c: (-num_batches(sizes[c], settings.batch_size), c))
     size = max_clients if max_clients > 0 else max(len(order), 1)
     return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def share_out(sizes: dict[int, int], settings: LocalSettings, workers: int) -> list[dict[int, int]]:
+    """The clients dealt round-robin, longest first, to ``workers`` groups of similar work."""
+    order = sorted(sizes, key=lambda c: (-num_batches(sizes[c], settings.batch_size), c))
+    groups = [{c: sizes[c] for c in order[w::workers]} for w in range(workers)]
+    return [g for g in groups if g]
 
 
 def layout_chunk(data: NodeData, client_ids: list[int], settings: LocalSettings,
@@ -113,35 +131,66 @@ def layout_chunk(data: NodeData, client_ids: list[int], settings: LocalSettings,
 
 
 CPU_CHUNK = 16
-"""Clients per chunk on a CPU when ``max-batched-clients`` is 0. A CPU runs vmap's grouped
-convolutions less efficiently as the stack grows past the caches: for 100 clients of ~50
-synthetic images, chunks of 8-32 took 2.2-3.3 CPU-s per cohort, the whole cohort at once
-3.0-4.1 CPU-s (2-core CPU, 1 and 2 torch threads). A GPU wants the whole cohort."""
+"""Clients per chunk on a CPU when ``max-batched-clients`` is 0: a CPU slows down as the stacked
+activations outgrow its caches (for 100 clients of ~50 synthetic images, chunks of 8-32 took
+2.2-3.3 CPU-s per cohort, the whole cohort at once 3.0-4.1 CPU-s). A GPU wants the whole
+cohort."""
+
+
+@contextlib.contextmanager
+def single_threaded_ops() -> Iterator[None]:
+    """Torch ops on one thread each while the CPU workers run (threads started meanwhile
+    inherit it). Besides speed, this makes a client's CPU result independent of the node's CPU
+    count, of how many clients share its chunk and of which worker trains it: every op of its
+    computation runs the same single-threaded kernel (tests/test_batched.py checks bit
+    equality)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# Per client: (weights, last-epoch loss); then samples computed (padding included) and real.
+_GroupResult = tuple[dict[int, tuple[dict[str, torch.Tensor], float]], float, float]
 
 
 class BatchedTrainer:
     """Trains a node's cohort together with ``vmap`` over stacked weights."""
 
     def __init__(self, model: nn.Module, data: NodeData, settings: LocalSettings,
-                 max_clients: int = 0, precision: str = "fp32") -> None:
+                 max_clients: int = 0, precision: str = "fp32",
+                 cpu_workers: int | None = None) -> None:
+        """``cpu_workers``: threads that train chunks side by side on a CPU (default: torch's
+        intra-op thread count, i.e. the node's CPUs); ignored on a GPU."""
         check_functional(model)  # running statistics cannot live on stacked weights
-        self.model = model.to(data.device)
+        on_cpu = data.device.type == "cpu"
+        self.model = (with_per_client_convs(model) if on_cpu else model).to(data.device)
         self.data = data
         self.settings = settings
-        self.max_clients = max_clients or (CPU_CHUNK if data.device.type == "cpu" else 0)
+        self.max_clients = max_clients or (CPU_CHUNK if on_cpu else 0)
+        self.workers = max(1, cpu_workers or torch.get_num_threads()) if on_cpu else 1
         self.precision = precision
         self._wsa_names: list[str] = []
-        # Per client: weights, images, labels, sample weights. Shared: the WSA target.
-        self._grad = vmap(grad(self._loss, has_aux=True), in_dims=(0, 0, 0, 0, None, None, None))
+        # functional_call swaps the weights into the module while it runs, so every worker
+        # thread needs a module of its own.
+        self._grads = [self._vmapped_grad(copy.deepcopy(self.model) if w else self.model)
+                       for w in range(self.workers)]
 
-    def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-              w: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _vmapped_grad(self, model: nn.Module) -> Callable[..., Any]:
+        """Per client: weights, images, labels, sample weights. Shared: the WSA target."""
+        return vmap(grad(functools.partial(self._loss, model), has_aux=True),
+                    in_dims=(0, 0, 0, 0, None, None, None))
+
+    def _loss(self, model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
+              y: torch.Tensor, w: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor,
+              sigma: torch.Tensor              ) -> tuple[torch.Tensor, torch.Tensor]:
         """One client's objective on one (padded) batch: weighted CE + beta * WSA penalty."""
         autocast = (torch.autocast(self.data.device.type, dtype=torch.bfloat16)
                     if self.precision == "bf16" else contextlib.nullcontext())
         with autocast:
-            logits = functional_call(self.model, params, (x,))
+            logits = functional_call(model, params, (x,))
         ce = F.cross_entropy(logits.float(), y, reduction="none")
         ce_mean = (ce * w).sum()
         loss = ce_mean
@@ -153,15 +202,20 @@ class BatchedTrainer:
         sizes = {c: self.data.client_size(c) for c in task.client_ids}
         self._wsa_names = list(task.wsa.names) if task.wsa is not None and task.wsa.beta > 0 \
             else []
-        results: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
-        computed = real = 0.0
         t0 = time.perf_counter()
-        for chunk in plan_chunks(sizes, self.settings, self.max_clients):
-            layout = layout_chunk(self.data, chunk, self.settings, task.server_round)
-            params, losses, c, r = self._train_chunk(task, layout)
-            computed, real = computed + c, real + r
-            for k, cid in enumerate(chunk):
-                results[cid] = ({n: v[k] for n, v in params.items()}, losses[k])
+        groups = share_out(sizes, self.settings, self.workers)
+        threads = single_threaded_ops() if self.data.device.type == "cpu" \
+            else contextlib.nullcontext()
+        with threads:
+            if len(groups) == 1:
+                trained = [self._train_group(task, groups[0], 0)]
+            else:
+                with ThreadPoolExecutor(len(groups)) as pool:
+                    trained = list(pool.map(self._train_group, [task] * len(groups), groups,
+                                            range(len(groups))))
+        results = {cid: r for out, _, _ in trained for cid, r in out.items()}
+        computed = sum(c for _, c, _ in trained)
+        real = sum(r for _, _, r in trained)
         ids = list(task.client_ids)
         stacked = {n: torch.stack([results[c][0][n] for c in ids])
                    for n in task.global_params}
@@ -174,7 +228,20 @@ class BatchedTrainer:
                    "train-s": time.perf_counter() - t0},
         )
 
-    def _train_chunk(self, task: CohortTask, layout: ChunkLayout
+    def _train_group(self, task: CohortTask, group: dict[int, int], worker: int
+                     ) -> _GroupResult:
+        """One worker's clients, chunk by chunk: weights and losses, samples computed and real."""
+        out: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
+        computed = real = 0.0
+        for chunk in plan_chunks(group, self.settings, self.max_clients):
+            layout = layout_chunk(self.data, chunk, self.settings, task.server_round)
+            params, losses, c, r = self._train_chunk(task, layout, self._grads[worker])
+            computed, real = computed + c, real + r
+            for k, cid in enumerate(chunk):
+                out[cid] = ({n: v[k] for n, v in params.items()}, losses[k])
+        return out, computed, real
+
+    def _train_chunk(self, task: CohortTask, layout: ChunkLayout, grad_fn: Callable[..., Any]
                      ) -> tuple[dict[str, torch.Tensor], list[float], float, float]:
         """SGD for one chunk; returns weights, last-epoch mean CE, computed and real samples."""
         s, data, dev = self.settings, self.data, self.data.device
@@ -198,7 +265,7 @@ class BatchedTrainer:
                 None if layout.flips is None else layout.flips[:k, t],
             )
             active = [params[n][:k] for n in names]  # views: updated in place below
-            grads, ce = self._grad(dict(zip(names, active, strict=True)), x,
+            grads, ce = grad_fn(dict(zip(names, active, strict=True)), x,
                                    layout.labels[:k, t], layout.sample_weight[:k, t],
                                    beta, mu, sigma)
             with torch.no_grad():
@@ -214,7 +281,8 @@ class BatchedTrainer:
                 torch._foreach_add_(active, buf, alpha=-s.lr)
         computed = float(B * sum(layout.active))
         real = float((layout.sample_weight > 0).sum())
-        loss_sum = ce_sum.sum(dim=1).tolist()
-        losses = [loss_sum[i] / max(data.client_size(c), 1)
+        # Each client's own steps only: a sum of the same length in any chunk, so the same bits.
+        steps = layout.steps.tolist()
+        losses = [float(ce_sum[i, :steps[i]].sum()) / max(data.client_size(c), 1)
                   for i, c in enumerate(layout.client_ids)]
         return params, losses, computed, real
