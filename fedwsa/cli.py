@@ -41,8 +41,9 @@ def simulate(config: Config, num_supernodes: int = 1, num_gpus: float = 0.0,
     """Run ``config`` in-process with Flower's simulation engine; returns the run directory.
 
     Each node gets ``cpus_per_node`` CPUs (default: the machine's CPUs shared out over the
-    nodes). Ray gives a node's process that many torch threads, and CPU float results are only
-    bit-identical between runs with the same thread count.
+    nodes). Ray gives a node's process that many torch threads. The batched trainer's CPU
+    results do not depend on it (its ops run single-threaded, one worker thread per CPU); the
+    sequential trainer's are bit-identical only between runs with the same thread count.
     """
     from flwr.simulation import run_simulation
 

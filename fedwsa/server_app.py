@@ -41,9 +41,10 @@ def exchange(grid: Grid, messages: Iterable[Message], max_poll_s: float = POLL_M
              ) -> list[Message]:
     """``Grid.send_and_receive`` that looks for the replies every few milliseconds.
 
-    Flower's own waits a fixed time between pulls: 3 s over gRPC (``flwr run``'s ServerApp),
-    0.1 s in the simulation engine. A batched node answers a round in well under a second on a
-    GPU, so that wait would be most of the round. Here the interval starts at 1 ms and grows
+    Flower's own waits a fixed time between pulls: 0.1 s in the simulation runtime (``flwr
+    run`` and ``fedwsa run`` here), 3 s for a ServerApp that talks to a deployed SuperLink over
+    gRPC. A batched node can answer a round in well under a second on a GPU, and that wait
+    would then be a large share of the round. Here the interval starts at 1 ms and grows
     by half each pull up to ``max_poll_s``: a reply is picked up within ~``max_poll_s`` of its
     arrival, with a few dozen pulls per second at most.
     """

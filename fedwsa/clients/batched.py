@@ -283,6 +283,6 @@ class BatchedTrainer:
         real = float((layout.sample_weight > 0).sum())
         # Each client's own steps only: a sum of the same length in any chunk, so the same bits.
         steps = layout.steps.tolist()
-        losses = [float(ce_sum[i, :steps[i]].sum()) / max(data.client_size(c), 1)
-                  for i, c in enumerate(layout.client_ids)]
+        sums = torch.stack([ce_sum[i, :steps[i]].sum() for i in range(K)]).tolist()
+        losses = [sums[i] / max(data.client_size(c), 1) for i, c in enumerate(layout.client_ids)]
         return params, losses, computed, real
