@@ -19,9 +19,7 @@ from fedwsa.models import build_model
 from fedwsa.protocol import from_arrays, to_arrays, unpack_reply
 from fedwsa.strategies import FedAvg
 
-# 6 of 40 clients (77..139 examples, 3-5 steps each) over two nodes. Few steps keep the two
-# trainers float-close: over tens of steps a ReLU or max-pool tie broken differently by the two
-# convolution layouts grows into differences of ~1e-3 of the update (same as test_trainers).
+# 6 of 40 clients (77..139 examples, 3-5 steps each) over two nodes.
 ROUND = {"dataset": "synthetic", "num-clients": 40, "fraction-train": 0.15, "seed": 4,
          "alpha": 0.5, "batch-size": 32, "lr": 0.05, "momentum": 0.9, "weight-decay": 1e-3,
          "local-epochs": 1, "device": "cpu"}

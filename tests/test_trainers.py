@@ -68,19 +68,13 @@ def test_batched_equals_sequential_with_flips(monkeypatch: pytest.MonkeyPatch) -
     assert_same_clients(*run_both(augment=True))
 
 
-def test_batched_matches_sequential_with_random_crops() -> None:
-    """With random crops the zero border makes near-tied max-pool windows, and the two
-    trainers' convolutions (different batch layouts, different summation order) may break a
-    tie differently, sending one gradient to a neighbouring pixel. That is not float noise, so
-    the check is on the size of the difference relative to the local update (< 1%)."""
-    seq, bat = run_both(augment=True)
-    node = make_node()
-    g = {k: v.detach() for k, v in build_model("simple-cnn", node.num_classes, seed=1)
-         .named_parameters()}
-    for k in range(len(SIZES)):
-        diff = torch.cat([(bat.params[n][k] - seq.params[n][k]).flatten() for n in g])
-        update = torch.cat([(seq.params[n][k] - g[n]).flatten() for n in g])
-        assert float(diff.norm() / update.norm()) < 1e-2
+def test_batched_equals_sequential_with_random_crops() -> None:
+    """Random crops and flips. On a CPU both trainers run the same per-client convolution
+    kernels (fedwsa.clients.per_client_conv), so even the near-tied max-pool windows that the
+    crops' zero border creates break the same way, and the results agree to float noise.
+    (With vmap's grouped convolutions they did not: a tie broken differently moved ~1e-3 of
+    the update.)"""
+    assert_same_clients(*run_both(augment=True))
 
 
 def test_batched_equals_sequential_with_wsa_and_chunks() -> None:
