@@ -1,0 +1,76 @@
+"""``benchmarks/speed.py``: its timing arithmetic and one tiny run through all four layouts.
+
+No timing is asserted (machines are shared and noisy); what is checked is that the figures the
+benchmark prints and writes are computed from the runs the way its docstring says.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_speed():
+    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["speed"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_round_seconds_subtract_evaluation_and_skip_round_one(tmp_path: Path) -> None:
+    speed = load_speed()
+    elapsed = [1.0, 20.0, 23.5, 27.0, 30.0]  # rounds 0..4
+    evals = [0.5, 0.4, 0.5, 0.25, 0.5]
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps({"round": r, "elapsed-s": e}) + "\n" for r, e in enumerate(elapsed)))
+    got = speed.round_seconds(tmp_path, evals)
+    assert got == pytest.approx([23.5 - 20.0 - 0.5, 27.0 - 23.5 - 0.25, 30.0 - 27.0 - 0.5])
+    with pytest.raises(RuntimeError, match="one evaluated row per round"):
+        speed.round_seconds(tmp_path, evals[:-1])
+
+
+def test_a_tiny_run_reports_consistent_figures(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """4 clients, 3 rounds, all four layouts: the summary line and the JSON agree with the
+    per-round figures they are derived from."""
+    speed = load_speed()
+    out = tmp_path / "speed.json"
+    report = speed.main(["--clients", "4", "--rounds", "3", "--node-cpus", "1",
+                         "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+
+    layouts = report["layouts"]
+    assert list(layouts) == ["classic", "sequential", "batched", "trainer"]
+    assert layouts["classic"]["supernodes"] == 4 and layouts["batched"]["supernodes"] == 1
+    images = report["config"]["images_per_round"]
+    for rec in layouts.values():
+        assert len(rec["round_s"]) == 2 and all(t > 0 for t in rec["round_s"])
+        assert rec["mean_round_s"] == pytest.approx(sum(rec["round_s"]) / 2)
+        assert rec["images_per_s"] == pytest.approx(images / rec["mean_round_s"])
+    # Every Flower layout trains the same clients to the same model: same accuracies.
+    acc = [layouts[k]["test_accuracy"] for k in ("classic", "sequential", "batched")]
+    assert acc[0] == pytest.approx(acc[1], abs=1e-3) and acc[1] == pytest.approx(acc[2], abs=1e-3)
+
+    t = {k: v["mean_round_s"] for k, v in layouts.items()}
+    summary = report["summary"]
+    assert summary["speedup_batched_vs_classic"] == pytest.approx(t["classic"] / t["batched"])
+    assert summary["speedup_batched_vs_sequential"] == pytest.approx(
+        t["sequential"] / t["batched"])
+    assert summary["flower_overhead"] == pytest.approx(1 - t["trainer"] / t["batched"])
+    last = printed.strip().splitlines()[-1]
+    match = re.fullmatch(r"speedup batched/classic=([\d.]+)x batched/sequential=([\d.]+)x "
+                         r"flower-overhead=(-?\d+)%", last)
+    assert match, last
+    assert float(match[1]) == pytest.approx(summary["speedup_batched_vs_classic"], abs=0.051)
+    assert float(match[2]) == pytest.approx(summary["speedup_batched_vs_sequential"], abs=0.051)
+    assert int(match[3]) == round(100 * summary["flower_overhead"])
