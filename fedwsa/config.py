@@ -99,7 +99,7 @@ KEYS: tuple[Key, ...] = (
     _key("trainer", "batched", _choice(*TRAINERS), "How a node trains its cohort."),
     _key("max-batched-clients", 0, _int(0),
          "Batched trainer: most clients trained at once (0 = a node's whole cohort on a "
-         "GPU, 16 on a CPU)."),
+         "GPU, 16 per worker thread on a CPU)."),
     _key("precision", "fp32", _choice(*PRECISIONS), "Batched trainer: autocast precision."),
     _key("strategy", "fedavg", _choice(*STRATEGIES), "Server strategy."),
     _key("seed", 0, _int(0),
