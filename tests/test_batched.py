@@ -246,3 +246,28 @@ def test_cpu_workers_share_the_clients_and_run_single_threaded(
         CohortTask(1, list(sizes), initial(model)))
     assert result.client_ids == list(sizes)
     assert len({ident for ident, _ in seen}) == 2 and all(n == 1 for _, n in seen)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batched_trainer_matches_the_cpu_sequential_trainer() -> None:
+    """On a GPU the batched trainer keeps vmap's grouped convolutions (cuDNN) and no worker
+    threads; its clients must still be the CPU reference's up to float noise (TF32 off)."""
+    sizes = (40, 17, 33, 8)
+    cpu = tiny_node(sizes)
+    gpu = NodeData(torch.device("cuda"), cpu.images.cuda(), cpu.labels.cuda(), cpu.mean.cuda(),
+                   cpu.std.cuda(), cpu.num_classes, tuple(p.cuda() for p in cpu.partitions))
+    model = build_model("simple-cnn", cpu.num_classes, seed=0)
+    g = initial(model)
+    task = CohortTask(1, list(range(len(sizes))), g)
+    ref = SequentialTrainer(model, cpu, settings()).train(task)
+    allow_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        trainer = BatchedTrainer(model, gpu, settings())
+        bat = trainer.train(task)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    assert trainer.workers == 1 and trainer.max_clients == 0
+    for name in g:
+        torch.testing.assert_close(bat.params[name].cpu(), ref.params[name], rtol=1e-4,
+                                   atol=1e-5)
