@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fakes import FakeGrid
 from flwr.app import Context, RecordDict
 from torch import nn
 
@@ -23,13 +24,6 @@ from fedwsa.strategies import FedAvg
 ROUND = {"dataset": "synthetic", "num-clients": 40, "fraction-train": 0.15, "seed": 4,
          "alpha": 0.5, "batch-size": 32, "lr": 0.05, "momentum": 0.9, "weight-decay": 1e-3,
          "local-epochs": 1, "device": "cpu"}
-
-
-class FakeGrid:
-    """The two nodes a strategy configures a round for (as in tests/test_fedavg.py)."""
-
-    def get_node_ids(self) -> list[int]:
-        return [1, 2]
 
 
 def one_round(trainer: str):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import FakeGrid, fake_replies
 from flwr.app import Message
 
 from fedwsa.config import make_config
@@ -18,7 +19,6 @@ from fedwsa.protocol import (
     TrainReply,
     TrainRequest,
     from_arrays,
-    pack_reply,
     to_arrays,
     unpack_reply,
     unpack_request,
@@ -33,16 +33,6 @@ SIZES = {c: 10 + 7 * c for c in range(10)}
 BASE = {"num-clients": 10, "fraction-train": 0.6, "seed": 3, "model": "simple-cnn"}
 
 
-class FakeGrid:
-    """Only what a strategy asks of a Grid when configuring a round."""
-
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
-
-
 def simple_cnn_like(gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Random weights named and shaped like the simple CNN's (conv, linear, biases)."""
     shapes = {"conv1.weight": (6, 3, 5, 5), "conv1.bias": (6,), "conv2.weight": (16, 6, 5, 5),
@@ -52,20 +42,11 @@ def simple_cnn_like(gen: torch.Generator) -> dict[str, torch.Tensor]:
     return {n: 0.1 * torch.randn(s, generator=gen) for n, s in shapes.items()}
 
 
-def fake_replies(messages: list[Message], seed: int = 0
+def cart_replies(messages: list[Message], seed: int = 0
                  ) -> tuple[list[Message], dict[int, dict[str, torch.Tensor]]]:
-    """Answer each train Message as a node would, with made-up client weights."""
-    replies, weights = [], {}
-    for msg in messages:
-        request = unpack_request(msg.content)
-        for cid in request.client_ids:
-            weights[cid] = simple_cnn_like(torch.Generator().manual_seed(seed * 1000 + cid))
-        params = {k: torch.stack([weights[c][k] for c in request.client_ids])
-                  for k in weights[request.client_ids[0]]}
-        reply = TrainReply(request.client_ids, params, [SIZES[c] for c in request.client_ids],
-                           [0.5] * len(request.client_ids))
-        replies.append(Message(pack_reply(reply), reply_to=msg))
-    return replies, weights
+    """Made-up simple-CNN-shaped client weights, seeded per (seed, client)."""
+    return fake_replies(messages, SIZES,
+                        lambda c: simple_cnn_like(torch.Generator().manual_seed(seed * 1000 + c)))
 
 
 def one_round(strategy, nodes: list[int], server_round: int = 1):
@@ -73,7 +54,7 @@ def one_round(strategy, nodes: list[int], server_round: int = 1):
     global_params = simple_cnn_like(torch.Generator().manual_seed(99))
     messages = list(strategy.configure_train(server_round, to_arrays(global_params), None,
                                              FakeGrid(nodes)))
-    replies, weights = fake_replies(messages, seed=server_round)
+    replies, weights = cart_replies(messages, seed=server_round)
     arrays, _ = strategy.aggregate_train(server_round, replies)
     return messages, from_arrays(arrays), weights
 

@@ -10,6 +10,7 @@ import nodes
 import numpy as np
 import pytest
 import torch
+from fakes import FakeGrid
 from flwr.app import Error, Message
 from local_grid import LocalGrid
 
@@ -150,14 +151,6 @@ def test_a_reply_with_every_client_failed_packs_and_unpacks(flower_identity: Non
 
 
 # --- the server: collect, min-clients, failed nodes ---------------------------------------------
-
-
-class FakeGrid:
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
 
 
 def weights_of(cid: int) -> dict[str, torch.Tensor]:

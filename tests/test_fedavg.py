@@ -5,23 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fakes import FakeGrid, fake_replies
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedwsa.config import make_config
-from fedwsa.protocol import TrainReply, from_arrays, pack_reply, to_arrays, unpack_request
+from fedwsa.protocol import from_arrays, pack_reply, to_arrays, unpack_request
 from fedwsa.strategies import FedAvg, sample_clients
 from fedwsa.strategies.cohort import split_over_nodes
-
-
-class FakeGrid:
-    """Only what a strategy asks of a Grid when configuring a round."""
-
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
 
 
 def random_params(gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -31,19 +22,9 @@ def random_params(gen: torch.Generator) -> dict[str, torch.Tensor]:
 
 def client_replies(messages: list[Message], sizes: dict[int, int], seed: int = 0
                    ) -> tuple[list[Message], dict[int, dict[str, torch.Tensor]]]:
-    """Answer each train Message as a node would, with made-up client weights."""
-    replies, weights = [], {}
-    for msg in messages:
-        request = unpack_request(msg.content)
-        stacked = []
-        for cid in request.client_ids:
-            weights[cid] = random_params(torch.Generator().manual_seed(seed * 1000 + cid))
-            stacked.append(weights[cid])
-        params = {k: torch.stack([w[k] for w in stacked]) for k in stacked[0]}
-        reply = TrainReply(request.client_ids, params, [sizes[c] for c in request.client_ids],
-                           [0.5] * len(request.client_ids))
-        replies.append(Message(pack_reply(reply), reply_to=msg))
-    return replies, weights
+    """Made-up client weights, seeded per (seed, client)."""
+    return fake_replies(messages, sizes,
+                        lambda c: random_params(torch.Generator().manual_seed(seed * 1000 + c)))
 
 
 @pytest.fixture

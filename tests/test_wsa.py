@@ -15,28 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Message, RecordDict
+from fakes import FakeGrid, fake_replies
+from flwr.app import Context, RecordDict
 from torch import nn
 
 from fedwsa.cli import main as cli_main
 from fedwsa.cli import simulate
 from fedwsa.config import ConfigError, make_config
 from fedwsa.models import build_model
-from fedwsa.protocol import TrainReply, from_arrays, pack_reply, to_arrays, unpack_request
+from fedwsa.protocol import from_arrays, to_arrays, unpack_request
 from fedwsa.strategies import FedAvg, build_strategy
 from fedwsa.strategies.wsa import FedWSA
 
 SIMPLE_CNN_LAYERS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
-
-
-class FakeGrid:
-    """Only what a strategy asks of a Grid when configuring a round."""
-
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
 
 
 def initial_params(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -48,21 +39,6 @@ def client_params(cid: int) -> dict[str, torch.Tensor]:
     """Made-up trained weights whose scopes differ from client to client."""
     base = initial_params(100 + cid)
     return {k: v * (1.0 + 0.15 * cid) + 0.01 * (cid - 2) for k, v in base.items()}
-
-
-def fake_replies(messages: list[Message], sizes: dict[int, int]
-                 ) -> tuple[list[Message], dict[int, dict[str, torch.Tensor]]]:
-    replies, weights = [], {}
-    for msg in messages:
-        request = unpack_request(msg.content)
-        for cid in request.client_ids:
-            weights[cid] = client_params(cid)
-        stacked = {k: torch.stack([weights[c][k] for c in request.client_ids])
-                   for k in weights[request.client_ids[0]]}
-        reply = TrainReply(request.client_ids, stacked, [sizes[c] for c in request.client_ids],
-                           [0.5] * len(request.client_ids))
-        replies.append(Message(pack_reply(reply), reply_to=msg))
-    return replies, weights
 
 
 SIZES = {c: 20 + 13 * c for c in range(8)}
@@ -80,7 +56,7 @@ def np_kl(m: float, s: float, mt: float, st: float) -> float:
 def run_round(strategy, server_round: int, global_params: dict[str, torch.Tensor]):
     messages = list(strategy.configure_train(server_round, to_arrays(global_params), None,
                                              FakeGrid([1, 2])))
-    replies, weights = fake_replies(messages, SIZES)
+    replies, weights = fake_replies(messages, SIZES, client_params)
     arrays, metrics = strategy.aggregate_train(server_round, replies)
     return messages, from_arrays(arrays), metrics, weights
 

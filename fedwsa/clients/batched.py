@@ -66,6 +66,11 @@ class ChunkLayout:
     flips: torch.Tensor | None    # [K, T, B]
 
 
+def longest_first(sizes: dict[int, int], settings: LocalSettings) -> list[int]:
+    """Client ids by steps per epoch, most first (ties by id)."""
+    return sorted(sizes, key=lambda c: (-num_batches(sizes[c], settings.batch_size), c))
+
+
 def plan_chunks(sizes: dict[int, int], settings: LocalSettings, max_clients: int
                 ) -> list[list[int]]:
     """Client ids in chunks of at most ``max_clients`` (0 = one chunk), longest first.
@@ -73,14 +78,14 @@ def plan_chunks(sizes: dict[int, int], settings: LocalSettings, max_clients: int
     Sorting by step count puts clients of similar length together, so little of a chunk's time
     is spent on clients that have already finished.
     """
-    order = sorted(sizes, key=lambda c: (-num_batches(sizes[c], settings.batch_size), c))
+    order = longest_first(sizes, settings)
     size = max_clients if max_clients > 0 else max(len(order), 1)
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
 def share_out(sizes: dict[int, int], settings: LocalSettings, workers: int) -> list[dict[int, int]]:
     """The clients dealt round-robin, longest first, to ``workers`` groups of similar work."""
-    order = sorted(sizes, key=lambda c: (-num_batches(sizes[c], settings.batch_size), c))
+    order = longest_first(sizes, settings)
     groups = [{c: sizes[c] for c in order[w::workers]} for w in range(workers)]
     return [g for g in groups if g]
 
@@ -192,8 +197,7 @@ class BatchedTrainer:
         with autocast:
             logits = functional_call(model, params, (x,))
         ce = F.cross_entropy(logits.float(), y, reduction="none")
-        ce_mean = (ce * w).sum()
-        loss = ce_mean
+        loss = (ce * w).sum()
         if self._wsa_names:
             loss = loss + beta * wsa_penalty(params, self._wsa_names, mu, sigma)
         return loss, ce.detach()
@@ -204,9 +208,8 @@ class BatchedTrainer:
             else []
         t0 = time.perf_counter()
         groups = share_out(sizes, self.settings, self.workers)
-        threads = single_threaded_ops() if self.data.device.type == "cpu" \
-            else contextlib.nullcontext()
-        with threads:
+        on_cpu = self.data.device.type == "cpu"
+        with single_threaded_ops() if on_cpu else contextlib.nullcontext():
             if len(groups) == 1:
                 trained = [self._train_group(task, groups[0], 0)]
             else:
@@ -266,8 +269,8 @@ class BatchedTrainer:
             )
             active = [params[n][:k] for n in names]  # views: updated in place below
             grads, ce = grad_fn(dict(zip(names, active, strict=True)), x,
-                                   layout.labels[:k, t], layout.sample_weight[:k, t],
-                                   beta, mu, sigma)
+                                layout.labels[:k, t], layout.sample_weight[:k, t],
+                                beta, mu, sigma)
             with torch.no_grad():
                 ce_sum[:k, t] = (ce * layout.loss_mask[:k, t]).sum(dim=1)
                 # torch.optim.SGD (dampening 0, no Nesterov): g += wd p; buf = m buf + g;

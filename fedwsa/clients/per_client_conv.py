@@ -9,7 +9,9 @@ backwards, its forward 30 ms against 12 ms, and a whole ``vmap(grad)`` step 10 m
 against 6 ms with the convolutions below (the sequential trainer: 8 ms).
 
 ``PerClientConv2d`` replaces ``nn.Conv2d`` with an ``autograd.Function`` whose ``vmap`` rule
-loops over the clients with ordinary convolutions, and whose backward asks for the input's
+loops over the clients with ordinary convolutions (plain ops: the Function's own backward
+already covers the transforms inside the ``vmap``, and plain ops stay correct under any outer
+one), and whose backward asks for the input's
 gradient only where autograd needs it. Everything else in the step (pooling, linear layers, the
 loss, the SGD update) stays batched over the clients. The maths is ``F.conv2d``'s; the tests
 check values and gradients against it.
@@ -81,7 +83,7 @@ class _ConvGrad(torch.autograd.Function):
              x: torch.Tensor, w: torch.Tensor, geometry: _Geometry, want_input: bool
              ) -> tuple[torch.Tensor, int]:
         gs, xs, ws = _per_client(info.batch_size, in_dims[:3], grad_out, x, w)
-        return torch.stack([_ConvGrad.apply(gs[k], xs[k], ws[k], geometry, want_input)
+        return torch.stack([geometry.backward(gs[k], xs[k], ws[k], want_input)
                             for k in range(info.batch_size)]), 0
 
 
@@ -112,7 +114,7 @@ class _Conv(torch.autograd.Function):
     def vmap(info: Any, in_dims: tuple[int | None, ...], x: torch.Tensor, w: torch.Tensor,
              b: torch.Tensor | None, geometry: _Geometry) -> tuple[torch.Tensor, int]:
         xs, ws, bs = _per_client(info.batch_size, in_dims[:3], x, w, b)
-        return torch.stack([_Conv.apply(xs[k], ws[k], bs[k], geometry)
+        return torch.stack([geometry.forward(xs[k], ws[k], bs[k])
                             for k in range(info.batch_size)]), 0
 
 
