@@ -62,6 +62,10 @@ class SequentialTrainer:
         opt = torch.optim.SGD(self.model.parameters(), lr=s.lr, momentum=s.momentum,
                               weight_decay=s.weight_decay)
         n = data.client_size(cid)
+        wsa = task.wsa if task.wsa is not None and task.wsa.beta > 0 else None
+        if wsa is not None:
+            names, params = list(wsa.names), dict(self.model.named_parameters())
+            mu, sigma = wsa.mu.to(device), wsa.sigma.to(device)
         loss_sum = torch.zeros((), device=device)
         for epoch in range(s.local_epochs):
             plan = epoch_plan(data, cid, s.seed, task.server_round, epoch, s.augment)
@@ -76,12 +80,8 @@ class SequentialTrainer:
                 )
                 ce = F.cross_entropy(self.model(x), data.labels[idx])
                 loss = ce
-                if task.wsa is not None and task.wsa.beta > 0:
-                    params = dict(self.model.named_parameters())
-                    loss = ce + task.wsa.beta * wsa_penalty(
-                        params, list(task.wsa.names), task.wsa.mu.to(device),
-                        task.wsa.sigma.to(device),
-                    )
+                if wsa is not None:
+                    loss = ce + wsa.beta * wsa_penalty(params, names, mu, sigma)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
