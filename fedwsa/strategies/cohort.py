@@ -216,6 +216,7 @@ class CohortStrategy(Strategy):
             return None, MetricRecord(metrics)
         metrics["global-updated"] = 1
         metrics["train-loss"] = float(np.mean(updates.train_loss))
+        # Metrics first: they compare the clients with what was sent (FedWSA's target).
         metrics.update(self.round_metrics(server_round, self._global, updates))
         new_global = self.aggregate(server_round, self._global, updates)
         return to_arrays(new_global), MetricRecord(metrics)

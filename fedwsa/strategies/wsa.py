@@ -82,7 +82,6 @@ class FedWSA(CohortStrategy):
         self.layer_names = resolve_wsa_layers(config.wsa_layers, model_parameters(config))
         self._target: tuple[Tensor, Tensor] | None = None    # next round's (mu*, sigma*) [L]
         self._initial: tuple[Tensor, Tensor] | None = None   # round 1's target (`fixed`)
-        self._round_target: tuple[Tensor, Tensor] | None = None  # the target sent this round
 
     def summary(self) -> None:
         super().summary()
@@ -108,7 +107,6 @@ class FedWSA(CohortStrategy):
     def client_settings(self, server_round: int) -> dict[str, object]:
         """The "wsa" ConfigRecord: {beta, names, mu, sigma} (METHODS.md 1.1)."""
         mu, sigma = self._ensure_target()
-        self._round_target = (mu, sigma)
         return {
             "beta": float(self.config.wsa_beta),
             "names": list(self.layer_names),
@@ -141,9 +139,11 @@ class FedWSA(CohortStrategy):
 
     def metric_target(self, global_params: dict[str, Tensor]
                       ) -> tuple[list[str], Tensor, Tensor]:
-        """``wsa-kl`` is measured against the target sent this round, over ``wsa-layers``."""
-        mu, sigma = self._round_target if self._round_target is not None \
-            else self._ensure_target()
+        """``wsa-kl`` is measured against the target sent this round, over ``wsa-layers``.
+
+        ``aggregate_train`` takes the round's metrics before ``aggregate`` replaces the target,
+        so the current target is still the one sent."""
+        mu, sigma = self._ensure_target()
         return list(self.layer_names), mu, sigma
 
     # --- checkpoint state -------------------------------------------------------------------
@@ -178,4 +178,3 @@ class FedWSA(CohortStrategy):
 
         self._target = (tensor("target-mu"), tensor("target-sigma"))
         self._initial = (tensor("initial-mu"), tensor("initial-sigma"))
-        self._round_target = None
