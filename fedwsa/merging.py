@@ -75,6 +75,13 @@ def _average(x: Tensor, p: Tensor) -> Tensor:
     return torch.tensordot(p.to(dtype=x.dtype, device=x.device), x, dims=([0], [0]))
 
 
+def finite_clients(stacked: Mapping[str, Tensor]) -> Tensor:
+    """[K] bool on the CPU: is every weight of client k finite? (What may be merged at all.)"""
+    flags = [torch.isfinite(v.detach().reshape(v.shape[0], -1)).all(dim=1).cpu()
+             for v in stacked.values()]
+    return torch.stack(flags).all(dim=0)
+
+
 def weighted_average(stacked: Mapping[str, Tensor], weights: Tensor) -> dict[str, Tensor]:
     """theta_avg = sum_i p_i theta_i with p = w / sum(w) (METHODS.md section 2; FedAvg)."""
     if not stacked:

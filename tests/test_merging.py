@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedwsa.merging import cart, weighted_average
+from fedwsa.merging import cart, finite_clients, weighted_average
 
 SHAPES = {
     "conv.weight": (16, 8, 3, 3),
@@ -315,3 +315,11 @@ def test_centred_updates_of_lower_rank_than_k_give_average() -> None:
     got = cart(st, w, rank=0.2, lam=1.9)  # k = 6
     want = _avg_ref(st["fc.weight"].numpy(), w.double().numpy() / 7.0)
     np.testing.assert_allclose(got["fc.weight"].numpy(), want, atol=1e-10)
+
+
+def test_finite_clients_flags_any_non_finite_weight_per_client() -> None:
+    stacked = {"w": torch.zeros(4, 3, 2), "b": torch.zeros(4, 3)}
+    stacked["w"][1, 2, 0] = float("nan")
+    stacked["b"][3, 1] = float("-inf")
+    expected = [all(np.isfinite(v[k].numpy()).all() for v in stacked.values()) for k in range(4)]
+    assert finite_clients(stacked).tolist() == expected == [True, False, True, False]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fedwsa.clients.trainer import CohortResult, CohortTask, Trainer
+from fedwsa.merging import finite_clients
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,7 @@ def drop_non_finite(result: CohortResult) -> CohortResult:
     """Move clients whose weights or train loss are not finite to ``failures``."""
     if not result.client_ids:
         return result
-    finite = torch.ones(len(result.client_ids), dtype=torch.bool)
-    for v in result.params.values():
-        finite &= torch.isfinite(v.detach().reshape(v.shape[0], -1)).all(dim=1).cpu()
+    finite = finite_clients(result.params)
     keep: list[int] = []
     failures = dict(result.failures)
     for j, cid in enumerate(result.client_ids):

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedwsa.config import Config
+from fedwsa.merging import finite_clients
 from fedwsa.protocol import TrainRequest, from_arrays, pack_request, to_arrays, unpack_reply
 from fedwsa.scope import model_scopes, regularised_names, scope_kl, sigma_spread, stacked_scopes
 
@@ -59,12 +60,6 @@ def split_over_nodes(client_ids: list[int], node_ids: list[int]) -> dict[int, li
     chunks = np.array_split(np.asarray(client_ids, dtype=np.int64), len(node_ids))
     return {n: [int(c) for c in chunk] for n, chunk in zip(node_ids, chunks, strict=True)
             if len(chunk)}
-
-
-def _finite(params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per client: are all of its weights finite?"""
-    flags = [torch.isfinite(v.reshape(v.shape[0], -1)).all(dim=1) for v in params.values()]
-    return torch.stack(flags).all(dim=0)
 
 
 class CohortStrategy(Strategy):
@@ -179,7 +174,7 @@ class CohortStrategy(Strategy):
         params = {n: torch.stack([per_client[c][0][n] for c in ids]) if ids else
                   self._global[n].new_empty((0, *self._global[n].shape)) for n in names}
         if ids:
-            finite = _finite(params)
+            finite = finite_clients(params)
             for j in torch.nonzero(~finite).flatten().tolist():
                 failures[ids[j]] = "non-finite weights"
             for j, cid in enumerate(ids):
