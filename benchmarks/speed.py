@@ -230,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             rec["mean_round_s"] = statistics.fmean(rec["round_s"])  # type: ignore[arg-type]
             rec["images_per_s"] = images / float(rec["mean_round_s"])  # type: ignore[arg-type]
             results[layout] = rec
+            # Each layout's figure as soon as it is known: a run cut short still reports.
+            print(f"done {layout}: {rec['mean_round_s']:.3f} s/round "
+                  f"{rec['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
 
     print(f"config: {'cifar10' if args.data_root else 'synthetic'}, simple-cnn, "
           f"{args.clients} clients/round, dirichlet 0.5, 1 epoch, batch 32, "
