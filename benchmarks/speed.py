@@ -85,6 +85,7 @@ def bench_config(args: argparse.Namespace, run_dir: str, trainer: str) -> Config
         "device": args.device,
         "seed": args.seed,
         "run-dir": run_dir,
+        "strategy": args.strategy,
     })
 
 
@@ -164,19 +165,21 @@ def run_trainer_alone(args: argparse.Namespace, workdir: Path) -> dict[str, obje
     from fedwsa.clients.trainer import CohortTask
     from fedwsa.clients.trainers import build_trainer
     from fedwsa.models import build_model
-    from fedwsa.strategies import sample_clients
+    from fedwsa.strategies import build_strategy, sample_clients
 
     config = bench_config(args, str(workdir / "trainer"), "batched")
     data = node_data(config)
     trainer = build_trainer(config, data)
     model = build_model(config.model, data.num_classes, seed=config.seed)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    strategy = build_strategy(config)
     seconds, wasted = [], None
     for server_round in range(1, config.num_server_rounds + 1):
         cohort = sample_clients(config.seed, server_round, config.num_clients,
                                 config.fraction_train)
+        inputs = strategy.client_inputs(server_round, params, cohort)
         start = time.perf_counter()
-        result = trainer.train(CohortTask(server_round, cohort, params))
+        result = trainer.train(CohortTask(server_round, cohort, params, inputs))
         if data.device.type == "cuda":
             torch.cuda.synchronize(data.device)
         seconds.append(time.perf_counter() - start)
@@ -205,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batched-clients", type=int, default=0)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strategy", default="fedavg",
+                        help="strategy preset (its keys at their defaults)")
     parser.add_argument("--out", help="write the figures as JSON here")
     return parser
 
@@ -234,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             print(f"done {layout}: {rec['mean_round_s']:.3f} s/round "
                   f"{rec['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
 
-    print(f"config: {'cifar10' if args.data_root else 'synthetic'}, simple-cnn, "
+    print(f"config: {'cifar10' if args.data_root else 'synthetic'}, {args.strategy}, "
+          f"simple-cnn, "
           f"{args.clients} clients/round, dirichlet 0.5, 1 epoch, batch 32, "
           f"{images} images/round, {args.rounds} rounds (round 1 not timed), "
           f"device {args.device}, {os.cpu_count()} CPUs, torch {torch.__version__}")
@@ -263,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
                    "data_root": args.data_root, "clients_per_round": args.clients,
                    "rounds": args.rounds, "images_per_round": images, "device": args.device,
                    "max_batched_clients": args.max_batched_clients,
-                   "precision": args.precision, "seed": args.seed},
+                   "precision": args.precision, "seed": args.seed,
+                   "strategy": args.strategy},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},

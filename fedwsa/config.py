@@ -8,123 +8,77 @@ Keys are kebab-case, as in Flower's ``--run-config``.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+from fedwsa import algorithms
+from fedwsa.algorithms import FUSION_RULES, STRATEGIES, SVD_METHODS
+from fedwsa.keys import (
+    AUTO,
+    ConfigError,
+    Key,
+    any_string,
+    boolean,
+    choice,
+    integer,
+    key,
+    number,
+)
+
+__all__ = ["AUTO", "DATASETS", "FUSION_RULES", "KEYS", "STRATEGIES", "SVD_METHODS", "Config",
+           "ConfigError", "Key", "make_config", "markdown_table", "parse_overrides"]
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
 PARTITIONS = ("dirichlet", "iid", "shards", "quantity")
 MODELS = ("simple-cnn", "cnn", "resnet18")
 TRAINERS = ("batched", "sequential")
-STRATEGIES = ("fedavg", "fedwsa", "cart", "fedwsa-cart")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
-FUSION_RULES = ("mean", "mixture", "global", "fixed")
-SVD_METHODS = ("exact", "randomized")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value: names the key, the value and what is accepted."""
-
-    def __init__(self, key: str, value: Any, accepted: str) -> None:
-        self.key, self.value, self.accepted = key, value, accepted
-        super().__init__(f"config key '{key}' = {value!r} is invalid: expected {accepted}")
-
-
-@dataclass(frozen=True)
-class Key:
-    """One config key: its default, accepted values (as text) and a check."""
-
-    name: str
-    default: Any
-    help: str
-    accepted: str
-    check: Callable[[Any], bool]
-
-
-def _choice(*options: str) -> tuple[str, Callable[[Any], bool]]:
-    return ", ".join(options), lambda v: v in options
-
-
-def _int(lo: int, hi: float = math.inf) -> tuple[str, Callable[[Any], bool]]:
-    text = f"an integer >= {lo}" if hi == math.inf else f"an integer in [{lo}, {hi}]"
-    return text, lambda v: lo <= v <= hi
-
-
-def _float(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
-    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-    text = f"a number in {left}{lo}, {hi}{right}"
-
-    def check(v: float) -> bool:
-        above = v > lo if lo_open else v >= lo
-        below = v < hi if hi_open else v <= hi
-        return math.isfinite(v) and above and below
-
-    return text, check
-
-
-def _any_str() -> tuple[str, Callable[[Any], bool]]:
-    return "a string", lambda v: True
-
-
-def _key(name: str, default: Any, spec: tuple[str, Callable[[Any], bool]], help: str) -> Key:
-    accepted, check = spec
-    return Key(name, default, help, accepted, check)
 
 
 KEYS: tuple[Key, ...] = (
-    _key("dataset", "synthetic", _choice(*DATASETS), "Dataset to train on."),
-    _key("data-root", "", _any_str(),
+    key("dataset", "synthetic", choice(*DATASETS), "Dataset to train on."),
+    key("data-root", "", any_string(),
          "torchvision root folder or .npz file (x_train, y_train, x_test, y_test); "
          "'' = ~/.cache/fedwsa/<dataset>, downloaded when missing."),
-    _key("partition", "dirichlet", _choice(*PARTITIONS),
+    key("partition", "dirichlet", choice(*PARTITIONS),
          "How the train set is split over clients."),
-    _key("alpha", 0.5, _float(0.0, lo_open=True),
+    key("alpha", 0.5, number(0.0, lo_open=True),
          "Dirichlet concentration (label skew for dirichlet, size skew for quantity)."),
-    _key("classes-per-client", 2, _int(1), "Classes per client for the shards partition."),
-    _key("min-partition-size", 10, _int(0), "Smallest client partition (dirichlet, quantity)."),
-    _key("num-clients", 20, _int(1), "Number of virtual clients (partitions)."),
-    _key("fraction-train", 1.0, _float(0.0, 1.0, lo_open=True),
+    key("classes-per-client", 2, integer(1), "Classes per client for the shards partition."),
+    key("min-partition-size", 10, integer(0), "Smallest client partition (dirichlet, quantity)."),
+    key("num-clients", 20, integer(1), "Number of virtual clients (partitions)."),
+    key("fraction-train", 1.0, number(0.0, 1.0, lo_open=True),
          "Fraction of clients sampled per round."),
-    _key("num-server-rounds", 5, _int(1), "Federated rounds."),
-    _key("model", "simple-cnn", _choice(*MODELS), "Architecture."),
-    _key("local-epochs", 1, _int(1), "Local epochs per round."),
-    _key("batch-size", 32, _int(1), "Local mini-batch size."),
-    _key("lr", 0.01, _float(0.0, lo_open=True), "Local SGD learning rate."),
-    _key("momentum", 0.9, _float(0.0, 1.0, hi_open=True), "Local SGD momentum."),
-    _key("weight-decay", 1e-5, _float(0.0), "Local SGD weight decay."),
-    _key("augment", False, ("true or false", lambda v: True),
+    key("num-server-rounds", 5, integer(1), "Federated rounds."),
+    key("model", "simple-cnn", choice(*MODELS), "Architecture."),
+    key("local-epochs", 1, integer(1), "Local epochs per round."),
+    key("batch-size", 32, integer(1), "Local mini-batch size."),
+    key("lr", 0.01, number(0.0, lo_open=True), "Local SGD learning rate."),
+    key("momentum", 0.9, number(0.0, 1.0, hi_open=True), "Local SGD momentum."),
+    key("weight-decay", 1e-5, number(0.0), "Local SGD weight decay."),
+    key("augment", False, boolean(),
          "Random crop (padding 4) + horizontal flip, on tensors in batch."),
-    _key("trainer", "batched", _choice(*TRAINERS), "How a node trains its cohort."),
-    _key("max-batched-clients", 0, _int(0),
+    key("trainer", "batched", choice(*TRAINERS), "How a node trains its cohort."),
+    key("max-batched-clients", 0, integer(0),
          "Batched trainer: most clients trained at once (0 = a node's whole cohort on a "
          "GPU, 16 per worker thread on a CPU)."),
-    _key("precision", "fp32", _choice(*PRECISIONS), "Batched trainer: autocast precision."),
-    _key("strategy", "fedavg", _choice(*STRATEGIES), "Server strategy."),
-    _key("seed", 0, _int(0),
+    key("precision", "fp32", choice(*PRECISIONS), "Batched trainer: autocast precision."),
+    key("strategy", "fedavg", choice(*STRATEGIES),
+        "Strategy preset (README, \"Strategies\"); combines with server-opt."),
+    key("seed", 0, integer(0),
          "Fixes partitions, sampling, initial weights, data order, augmentation."),
-    _key("device", "auto", _choice(*DEVICES), "Where nodes train and the server evaluates."),
-    _key("eval-every", 1, _int(1), "Central evaluation every N rounds (and the last round)."),
-    _key("run-dir", "", _any_str(), "Run directory ('' = runs/<strategy>-<timestamp>)."),
-    _key("wsa-beta", 1.0, _float(0.0), "WSA: weight of the scope KL term (0 = off)."),
-    _key("wsa-fusion", "mean", _choice(*FUSION_RULES), "WSA: how client scopes become the target."),
-    _key("wsa-layers", "all", _any_str(),
-         "WSA: 'all' regularised layers, or comma-separated parameter names."),
-    _key("wsa-align-global", False, ("true or false", lambda v: True),
-         "WSA: rescale the global model's layers to the fused scope."),
-    _key("cart-rank", 0.32, _float(0.0, 1.0, lo_open=True),
-         "CART: kept rank as a fraction of min(rows, cols)."),
-    _key("cart-lambda", 1.5, _float(0.0), "CART: scale of the low-rank centred updates."),
-    _key("cart-conv", True, ("true or false", lambda v: True),
-         "CART: treat conv kernels as out x (in*kh*kw) matrices."),
-    _key("cart-svd", "exact", _choice(*SVD_METHODS), "CART: exact or randomized SVD."),
-    _key("checkpoint-every", 1, _int(0), "Checkpoint every N rounds (0 = never)."),
-    _key("resume", False, ("true or false", lambda v: True),
+    key("device", "auto", choice(*DEVICES), "Where nodes train and the server evaluates."),
+    key("eval-every", 1, integer(1), "Central evaluation every N rounds (and the last round)."),
+    key("run-dir", "", any_string(), "Run directory ('' = runs/<strategy>-<timestamp>)."),
+    *algorithms.KEYS,
+    key("checkpoint-every", 1, integer(0), "Checkpoint every N rounds (0 = never)."),
+    key("resume", False, boolean(),
          "Continue the run in run-dir from its last checkpoint."),
-    _key("min-clients", 1, _int(1),
+    key("min-clients", 1, integer(1),
          "Fewest successful clients for a round to update the global model."),
-    _key("fail-rate", 0.0, _float(0.0, 1.0, hi_open=True),
+    key("fail-rate", 0.0, number(0.0, 1.0, hi_open=True),
          "Fault injection for tests: chance that a client's training raises (seeded)."),
 )
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
@@ -162,6 +116,13 @@ class Config:
     device: str
     eval_every: int
     run_dir: str
+    server_opt: str
+    server_lr: float | None
+    server_momentum: float | None
+    server_beta1: float | None
+    server_beta2: float | None
+    server_tau: float | None
+    prox_mu: float
     wsa_beta: float
     wsa_fusion: str
     wsa_layers: str
@@ -177,7 +138,8 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Kebab-case mapping, as Flower's run config spells it."""
-        return {k.name: getattr(self, _attr(k.name)) for k in KEYS}
+        values = {k.name: getattr(self, _attr(k.name)) for k in KEYS}
+        return {n: AUTO if v is None and KEYS_BY_NAME[n].auto else v for n, v in values.items()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -198,7 +160,7 @@ assert {f.name for f in fields(Config)} == {_attr(k.name) for k in KEYS}
 
 def _coerce(key: Key, value: Any) -> Any:
     """Accept the default's type (ints for floats too); refuse anything else."""
-    kind = type(key.default)
+    kind = float if key.auto else type(key.default)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -228,11 +190,15 @@ def make_config(values: Mapping[str, Any] | None = None) -> Config:
         name = unknown[0]
         raise ConfigError(name, values[name], "a known key (see `fedwsa keys` or the README)")
     resolved: dict[str, Any] = {}
-    for key in KEYS:
-        value = _coerce(key, values.get(key.name, key.default))
-        if not key.check(value):
-            raise ConfigError(key.name, value, key.accepted)
-        resolved[_attr(key.name)] = value
+    for k in KEYS:
+        raw = values.get(k.name, k.default)
+        if k.auto and raw == AUTO:
+            resolved[_attr(k.name)] = None
+            continue
+        value = _coerce(k, raw)
+        if not k.check(value):
+            raise ConfigError(k.name, value, k.accepted)
+        resolved[_attr(k.name)] = value
     config = Config(**resolved)
     _check_consistency(config)
     return config
@@ -245,6 +211,7 @@ def _check_consistency(c: Config) -> None:
         if c.classes_per_client > num_classes:
             raise ConfigError("classes-per-client", c.classes_per_client,
                               f"at most the {num_classes} classes of {c.dataset}")
+    algorithms.server_opt_of(c.strategy, c.server_opt)
     if c.trainer == "sequential" and c.precision != "fp32":
         raise ConfigError("precision", c.precision, "fp32 with trainer='sequential'")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedwsa.config import ConfigError
+from fedwsa.keys import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

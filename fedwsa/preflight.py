@@ -70,10 +70,10 @@ def check_data(config: Config) -> int:
 
 def check_model_and_strategy(config: Config, num_classes: int) -> None:
     """The model builds and trains functionally, wsa-layers exist, the strategy is installed."""
+    from fedwsa.algorithms.wsa import resolve_wsa_layers
     from fedwsa.device import resolve_device
     from fedwsa.models import build_model, check_functional
     from fedwsa.strategies import build_strategy
-    from fedwsa.strategies.wsa import resolve_wsa_layers
 
     resolve_device(config.device)
     model = build_model(config.model, num_classes, seed=config.seed)

@@ -1,10 +1,11 @@
 """The cohort protocol: how a train Message and its reply carry a whole cohort.
 
-The server sends each node ONE Message (the global arrays, the run config, the ids of the
-clients it trains, and per-round client settings such as the WSA target); the node replies with
-ONE Message carrying its clients' weights stacked on a leading client axis plus per-client
-metrics as lists (DESIGN.md, "The one idea"). Both sides use the functions here, so the record
-keys live in one place.
+The server sends each node ONE Message: the global arrays, the run config, the ids of the
+clients it trains, arrays shared by all of them and per-client arrays stacked in client order
+(the algorithms' inputs, namespaced by the algorithm that reads them). The node replies with
+ONE Message carrying its clients' weights and per-client output arrays stacked on a leading
+client axis, plus per-client scalars as lists (DESIGN.md, "The one idea"). Nothing here names an
+algorithm. Both sides use the functions here, so the record keys live in one place.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-ARRAYS, CONFIG, METRICS, FAILURES, WSA, STATS = (
-    "arrays", "config", "metrics", "failures", "wsa", "stats",
-)
+ARRAYS, CONFIG, METRICS, FAILURES, STATS = "arrays", "config", "metrics", "failures", "stats"
+SHARED, PER_CLIENT, OUTPUTS = "shared", "per-client", "outputs"
 
 
 @dataclass
@@ -27,7 +27,8 @@ class TrainRequest:
     client_ids: list[int]
     run_config: str
     global_params: dict[str, torch.Tensor]
-    wsa: dict[str, object] | None = None
+    shared: dict[str, torch.Tensor] = field(default_factory=dict)
+    per_client: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -40,6 +41,23 @@ class TrainReply:
     train_loss: list[float]
     failures: dict[int, str] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    steps: list[int] = field(default_factory=list)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def select(self, positions: list[int]) -> TrainReply:
+        """The reply restricted to the clients at ``positions`` (failures and stats kept)."""
+        index = torch.tensor(positions, dtype=torch.long)
+
+        def rows(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {n: v[index.to(v.device)] for n, v in arrays.items()}
+
+        return TrainReply(
+            client_ids=[self.client_ids[j] for j in positions], params=rows(self.params),
+            num_examples=[self.num_examples[j] for j in positions],
+            train_loss=[self.train_loss[j] for j in positions],
+            failures=dict(self.failures), stats=dict(self.stats),
+            steps=[self.steps[j] for j in positions] if self.steps else [],
+            outputs=rows(self.outputs))
 
 
 def to_arrays(params: dict[str, torch.Tensor]) -> ArrayRecord:
@@ -59,36 +77,43 @@ def pack_request(req: TrainRequest) -> RecordDict:
             "run-config": req.run_config,
         }),
     })
-    if req.wsa is not None:
-        content[WSA] = ConfigRecord(req.wsa)
+    if req.shared:
+        content[SHARED] = to_arrays(req.shared)
+    if req.per_client:
+        content[PER_CLIENT] = to_arrays(req.per_client)
     return content
 
 
 def unpack_request(content: RecordDict) -> TrainRequest:
     config = content.config_records[CONFIG]
-    wsa = content.config_records.get(WSA)
+    shared, per_client = content.array_records.get(SHARED), content.array_records.get(PER_CLIENT)
     return TrainRequest(
         server_round=int(config["server-round"]),
         client_ids=[int(c) for c in config["client-ids"]],
         run_config=str(config["run-config"]),
         global_params=from_arrays(content.array_records[ARRAYS]),
-        wsa=dict(wsa) if wsa is not None else None,
+        shared=from_arrays(shared) if shared is not None else {},
+        per_client=from_arrays(per_client) if per_client is not None else {},
     )
 
 
 def pack_reply(reply: TrainReply) -> RecordDict:
     failed = sorted(reply.failures)
-    return RecordDict({
+    content = RecordDict({
         ARRAYS: to_arrays(reply.params),
         METRICS: MetricRecord({
             "client-ids": list(reply.client_ids),
             "num-examples": [int(n) for n in reply.num_examples],
             "train-loss": [float(v) for v in reply.train_loss],
+            "local-steps": [int(n) for n in reply.steps],
             "failed-ids": failed,
         }),
         FAILURES: ConfigRecord({"reasons": [reply.failures[c] for c in failed]}),
         STATS: MetricRecord({k: float(v) for k, v in reply.stats.items()}),
     })
+    if reply.outputs:
+        content[OUTPUTS] = to_arrays(reply.outputs)
+    return content
 
 
 def unpack_reply(content: RecordDict) -> TrainReply:
@@ -96,6 +121,7 @@ def unpack_reply(content: RecordDict) -> TrainReply:
     reasons = list(content.config_records[FAILURES]["reasons"])
     failed = [int(c) for c in metrics["failed-ids"]]
     stats = content.metric_records.get(STATS)
+    outputs = content.array_records.get(OUTPUTS)
     return TrainReply(
         client_ids=[int(c) for c in metrics["client-ids"]],
         params=from_arrays(content.array_records[ARRAYS]),
@@ -103,4 +129,6 @@ def unpack_reply(content: RecordDict) -> TrainReply:
         train_loss=[float(v) for v in metrics["train-loss"]],
         failures=dict(zip(failed, reasons, strict=True)),
         stats={k: float(v) for k, v in (stats or {}).items()},
+        steps=[int(n) for n in metrics.get("local-steps", [])],
+        outputs=from_arrays(outputs) if outputs is not None else {},
     )

@@ -18,7 +18,7 @@ from fedwsa.config import make_config
 from fedwsa.data import load_dataset
 from fedwsa.models import build_model
 from fedwsa.protocol import from_arrays, to_arrays, unpack_reply
-from fedwsa.strategies import FedAvg
+from fedwsa.strategies import CohortStrategy
 
 # 6 of 40 clients (77..139 examples, 3-5 steps each) over two nodes.
 ROUND = {"dataset": "synthetic", "num-clients": 40, "fraction-train": 0.15, "seed": 4,
@@ -29,7 +29,7 @@ ROUND = {"dataset": "synthetic", "num-clients": 40, "fraction-train": 0.15, "see
 def one_round(trainer: str):
     """Round 1 through FedAvg.configure_train -> ClientApp train -> FedAvg.aggregate_train."""
     config = make_config({**ROUND, "trainer": trainer})
-    strategy = FedAvg(config)
+    strategy = CohortStrategy(config)
     g = {k: v.detach().clone()
          for k, v in build_model("simple-cnn", 10, seed=config.seed).named_parameters()}
     messages = list(strategy.configure_train(1, to_arrays(g), None, FakeGrid()))

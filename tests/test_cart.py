@@ -12,6 +12,10 @@ import torch
 from fakes import FakeGrid, fake_replies
 from flwr.app import Message
 
+from fedwsa.algorithms.base import own_arrays
+from fedwsa.algorithms.cart import CartMerge, cart_seed
+from fedwsa.algorithms.fedavg import WeightedMean
+from fedwsa.algorithms.wsa import WsaTarget
 from fedwsa.config import make_config
 from fedwsa.inprocess import InProcessGrid, run_in_process, server_identity
 from fedwsa.merging import cart, weighted_average
@@ -26,8 +30,13 @@ from fedwsa.protocol import (
 from fedwsa.scope import fuse_scopes, model_scopes, stacked_scopes
 from fedwsa.server_app import run_federation
 from fedwsa.strategies import build_strategy
-from fedwsa.strategies.cart import Cart, FedWSACart, cart_seed
-from fedwsa.strategies.wsa import FedWSA
+
+Cart = FedWSACart = build_strategy
+
+
+def sent_wsa(request: TrainRequest) -> dict[str, torch.Tensor]:
+    """The WSA inputs a request carries (beta, mu, sigma)."""
+    return own_arrays("wsa", request.shared)
 
 SIZES = {c: 10 + 7 * c for c in range(10)}
 BASE = {"num-clients": 10, "fraction-train": 0.6, "seed": 3, "model": "simple-cnn"}
@@ -90,10 +99,13 @@ def numpy_cart(weights: dict[int, dict[str, torch.Tensor]], r: float, lam: float
     return out
 
 
-def test_registry_builds_the_cart_strategies() -> None:
-    assert type(build_strategy(make_config({"strategy": "cart"}))) is Cart
-    strategy = build_strategy(make_config({"strategy": "fedwsa-cart"}))
-    assert type(strategy) is FedWSACart and isinstance(strategy, FedWSA)
+def test_registry_composes_the_cart_strategies() -> None:
+    cart_only = build_strategy(make_config({"strategy": "cart"})).composition
+    assert isinstance(cart_only.merge, CartMerge) and not cart_only.parts
+    both = build_strategy(make_config({"strategy": "fedwsa-cart"})).composition
+    assert isinstance(both.merge, CartMerge) and isinstance(both.parts[0], WsaTarget)
+    plain = build_strategy(make_config({"strategy": "fedwsa"})).composition
+    assert isinstance(plain.merge, WeightedMean) and plain.optimizer is None
 
 
 def test_cart_aggregate_equals_merging_cart_and_numpy(flower_identity: None) -> None:
@@ -161,25 +173,25 @@ def test_fedwsa_cart_merges_with_cart_and_fuses_client_scopes(flower_identity: N
     # Round 1 sends the scope of the global model it sends.
     sent = [unpack_request(m.content) for m in messages]
     mu0, sigma0 = model_scopes(sent[0].global_params, names)
+    assert strategy.part("wsa").layer_names == names
     for request in sent:
-        assert request.wsa is not None
-        assert request.wsa["beta"] == pytest.approx(0.05) and list(request.wsa["names"]) == names
-        np.testing.assert_allclose(request.wsa["mu"], mu0.numpy(), rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(request.wsa["sigma"], sigma0.numpy(), rtol=1e-6)
+        wsa = sent_wsa(request)
+        assert float(wsa["beta"]) == pytest.approx(0.05)
+        np.testing.assert_allclose(wsa["mu"], mu0.numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(wsa["sigma"], sigma0.numpy(), rtol=1e-6)
     # The global model is CART's; the next target fuses the clients' own scopes.
     expected = cart(stacked, n, rank=0.25, lam=1.7)
     for name in expected:
         torch.testing.assert_close(new_global[name], expected[name], rtol=1e-6, atol=1e-6)
     mu_c, sigma_c = stacked_scopes({k: stacked[k] for k in names}, names)
     mu_t, sigma_t = fuse_scopes(mu_c, sigma_c, n, "mixture")
-    target = strategy.target
+    target = strategy.part("wsa").target
     assert target is not None
     torch.testing.assert_close(target[0], mu_t)
     torch.testing.assert_close(target[1], sigma_t)
     request2 = unpack_request(next(iter(strategy.configure_train(
         2, to_arrays(new_global), None, FakeGrid([11])))).content)
-    assert request2.wsa is not None
-    np.testing.assert_allclose(request2.wsa["sigma"], sigma_t.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(sent_wsa(request2)["sigma"], sigma_t.numpy(), rtol=1e-6)
 
 
 def test_fedwsa_cart_global_fusion_uses_the_cart_model(flower_identity: None) -> None:
@@ -187,9 +199,9 @@ def test_fedwsa_cart_global_fusion_uses_the_cart_model(flower_identity: None) ->
                           "cart-rank": 0.25, "cart-lambda": 1.7})
     strategy = FedWSACart(config)
     _, new_global, _ = one_round(strategy, [11])
-    names = strategy.layer_names
+    names = strategy.part("wsa").layer_names
     mu, sigma = model_scopes(new_global, names)
-    target = strategy.target
+    target = strategy.part("wsa").target
     assert target is not None
     torch.testing.assert_close(target[0], mu)
     torch.testing.assert_close(target[1], sigma)
@@ -252,18 +264,17 @@ def test_fedwsa_cart_end_to_end_sends_the_fused_target_and_the_cart_model(tmp_pa
     first, second = grid.requests
     names = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
     for request in grid.requests:
-        assert request.wsa is not None and list(request.wsa["names"]) == names
-        assert request.wsa["beta"] == pytest.approx(0.1)
+        assert float(sent_wsa(request)["beta"]) == pytest.approx(0.1)
     mu0, sigma0 = model_scopes(first.global_params, names)
-    np.testing.assert_allclose(first.wsa["mu"], mu0.numpy(), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(first.wsa["sigma"], sigma0.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(sent_wsa(first)["mu"], mu0.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sent_wsa(first)["sigma"], sigma0.numpy(), rtol=1e-5)
     reply = grid.replies[0]
     assert reply.client_ids == first.client_ids and len(reply.client_ids) == 3
     n = torch.tensor(reply.num_examples, dtype=torch.float64)
     mu_c, sigma_c = stacked_scopes({k: reply.params[k] for k in names}, names)
     mu_t, sigma_t = fuse_scopes(mu_c, sigma_c, n, "mean")
-    np.testing.assert_allclose(second.wsa["mu"], mu_t.numpy(), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(second.wsa["sigma"], sigma_t.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(sent_wsa(second)["mu"], mu_t.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sent_wsa(second)["sigma"], sigma_t.numpy(), rtol=1e-5)
     merged = cart(reply.params, n.float(), rank=0.16, lam=1.5)
     for name, value in second.global_params.items():
         torch.testing.assert_close(value, merged[name], rtol=1e-5, atol=1e-6)

@@ -33,7 +33,7 @@ from fedwsa.checkpoint import (
 from fedwsa.cli import main, simulate
 from fedwsa.config import make_config
 from fedwsa.rundir import RunWriter
-from fedwsa.strategies import FedAvg
+from fedwsa.strategies import CohortStrategy
 
 TIMING_KEYS = {"elapsed-s", "node-train-s"}  # wall-clock numbers, different in every run
 
@@ -168,7 +168,7 @@ def test_run_writer_continuing_a_run_keeps_exactly_the_checkpoint_rows(tmp_path:
 # --- resuming a run -----------------------------------------------------------------------------
 
 
-class NoisyMomentum(FedAvg):
+class NoisyMomentum(CohortStrategy):
     """FedAvg with server momentum and a little noise from the global RNGs.
 
     A resumed run reproduces it only if the strategy state (the velocity) and every RNG state
@@ -255,12 +255,16 @@ def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, min_round: int) 
 
 
 def test_sigkilled_run_resumed_ends_with_the_same_metrics(tmp_path: Path) -> None:
-    """A real ``fedwsa run`` killed with SIGKILL (its whole process group, Ray included)."""
+    """A real ``fedwsa run`` killed with SIGKILL (its whole process group, Ray included).
+
+    FedProx clients with server momentum: the optimiser's velocity must survive the kill."""
     overrides = ("dataset='synthetic' partition='iid' num-clients=20 fraction-train=0.2 "
-                 "num-server-rounds=3 seed=11 trainer='batched' lr=0.05 batch-size=16")
+                 "num-server-rounds=3 seed=11 trainer='batched' lr=0.05 batch-size=16 "
+                 "strategy='fedprox' prox-mu=0.1 server-opt='avgm' server-momentum=0.5")
     ref = simulate(make_config({**SMALL, "trainer": "batched", "num-clients": 20,
                                 "fraction-train": 0.2, "num-server-rounds": 3, "seed": 11,
-                                "lr": 0.05, "batch-size": 16,
+                                "lr": 0.05, "batch-size": 16, "strategy": "fedprox",
+                                "prox-mu": 0.1, "server-opt": "avgm", "server-momentum": 0.5,
                                 "run-dir": str(tmp_path / "ref")}))
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "fedwsa.cli", "run", "-c", f"{overrides} run-dir='{run}'"]

@@ -298,7 +298,7 @@ def test_bad_grid_fails_before_any_run(
         (compare_argv(out, base=BASE + " lr=0"), "'lr' = 0.0", "(0.0, inf]"),
         (compare_argv(out, "--sweep", "seed=1,2"), "'seed'", "--seeds"),
         (["compare", "--strategies", "fedavg,nope", "--seeds", "1", "--out", str(out)],
-         "'strategy' = 'nope'", "fedavg, fedwsa"),
+         "'strategy' = 'nope'", "fedavg, fedprox, fedwsa"),
         (["compare", "--strategies", "fedavg", "--seeds", "1"], "'--out'", "directory"),
         # The same grid with a different base over an existing experiment.
         (compare_argv(grid.out, base=BASE.replace("batch-size=64", "batch-size=32")),

@@ -24,7 +24,7 @@ from fedwsa.config import make_config
 from fedwsa.models import build_model
 from fedwsa.protocol import TrainReply, from_arrays, pack_reply, to_arrays, unpack_reply
 from fedwsa.server_app import run_federation
-from fedwsa.strategies import FedAvg
+from fedwsa.strategies import CohortStrategy
 
 SIZES = (30, 12, 41, 7, 25, 18)
 
@@ -178,7 +178,7 @@ SIZES8 = {c: 10 + 3 * c for c in range(8)}
 
 
 def one_round(config_values: dict, how) -> tuple:
-    strategy = FedAvg(make_config({"num-clients": 8, "seed": 1, **config_values}))
+    strategy = CohortStrategy(make_config({"num-clients": 8, "seed": 1, **config_values}))
     g = {"w": torch.zeros(3, 2), "b": torch.zeros(3)}
     messages = list(strategy.configure_train(1, to_arrays(g), None, FakeGrid([7, 8])))
     replies = [how(m) for m in messages]

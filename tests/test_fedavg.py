@@ -11,7 +11,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedwsa.config import make_config
 from fedwsa.protocol import from_arrays, pack_reply, to_arrays, unpack_request
-from fedwsa.strategies import FedAvg, sample_clients
+from fedwsa.strategies import CohortStrategy, sample_clients
 from fedwsa.strategies.cohort import split_over_nodes
 
 
@@ -28,11 +28,11 @@ def client_replies(messages: list[Message], sizes: dict[int, int], seed: int = 0
 
 
 @pytest.fixture
-def strategy(flower_identity: None) -> FedAvg:
-    return FedAvg(make_config({"num-clients": 10, "fraction-train": 0.6, "seed": 3}))
+def strategy(flower_identity: None) -> CohortStrategy:
+    return CohortStrategy(make_config({"num-clients": 10, "fraction-train": 0.6, "seed": 3}))
 
 
-def run_round(strategy: FedAvg, nodes: list[int], sizes: dict[int, int]):
+def run_round(strategy: CohortStrategy, nodes: list[int], sizes: dict[int, int]):
     global_params = random_params(torch.Generator().manual_seed(99))
     messages = list(strategy.configure_train(1, to_arrays(global_params), None, FakeGrid(nodes)))
     replies, weights = client_replies(messages, sizes)
@@ -43,7 +43,7 @@ def run_round(strategy: FedAvg, nodes: list[int], sizes: dict[int, int]):
 SIZES = {c: 10 + 7 * c for c in range(10)}
 
 
-def test_fedavg_matches_numpy_weighted_average(strategy: FedAvg) -> None:
+def test_fedavg_matches_numpy_weighted_average(strategy: CohortStrategy) -> None:
     _, new_global, metrics, weights = run_round(strategy, [11, 12], SIZES)
     ids = sorted(weights)
     n = np.array([SIZES[c] for c in ids], dtype=np.float64)
@@ -53,7 +53,7 @@ def test_fedavg_matches_numpy_weighted_average(strategy: FedAvg) -> None:
     assert metrics["clients-sampled"] == 6 and metrics["clients-failed"] == 0
 
 
-def test_fedavg_matches_flowers_fedavg_aggregation(strategy: FedAvg) -> None:
+def test_fedavg_matches_flowers_fedavg_aggregation(strategy: CohortStrategy) -> None:
     _, new_global, _, weights = run_round(strategy, [11, 12, 13], SIZES)
     contents = [RecordDict({"arrays": ArrayRecord(weights[c]),
                             "metrics": MetricRecord({"num-examples": SIZES[c]})})
@@ -63,7 +63,7 @@ def test_fedavg_matches_flowers_fedavg_aggregation(strategy: FedAvg) -> None:
         torch.testing.assert_close(value, flower[name], rtol=1e-5, atol=1e-6)
 
 
-def test_one_message_per_node_listing_its_clients(strategy: FedAvg) -> None:
+def test_one_message_per_node_listing_its_clients(strategy: CohortStrategy) -> None:
     messages, *_ = run_round(strategy, [5, 6, 7], SIZES)
     assert [m.metadata.dst_node_id for m in messages] == [5, 6, 7]
     listed = [unpack_request(m.content).client_ids for m in messages]
@@ -73,8 +73,8 @@ def test_one_message_per_node_listing_its_clients(strategy: FedAvg) -> None:
 
 def test_node_layout_does_not_change_the_global_model(flower_identity: None) -> None:
     config = make_config({"num-clients": 10, "fraction-train": 0.6, "seed": 3})
-    one = run_round(FedAvg(config), [1], SIZES)[1]
-    many = run_round(FedAvg(config), [1, 2, 3, 4, 5, 6], SIZES)[1]
+    one = run_round(CohortStrategy(config), [1], SIZES)[1]
+    many = run_round(CohortStrategy(config), [1, 2, 3, 4, 5, 6], SIZES)[1]
     for name in one:
         assert torch.equal(one[name], many[name])
 
@@ -91,7 +91,7 @@ def test_split_over_nodes_covers_the_cohort_once() -> None:
     assert split_over_nodes([1, 2], [10, 20, 30]) == {10: [1], 20: [2]}
 
 
-def test_failed_node_and_non_finite_client_are_left_out(strategy: FedAvg) -> None:
+def test_failed_node_and_non_finite_client_are_left_out(strategy: CohortStrategy) -> None:
     from flwr.app import Error
 
     global_params = random_params(torch.Generator().manual_seed(0))

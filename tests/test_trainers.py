@@ -1,4 +1,6 @@
-"""Batched vs sequential trainer: the same per-client weights for a ragged cohort."""
+"""Batched vs sequential trainer: the same per-client weights for a ragged cohort, with and
+without the algorithms' client terms (loss terms, per-client inputs, step corrections and
+per-client outputs)."""
 
 from __future__ import annotations
 
@@ -6,10 +8,13 @@ import nodes
 import pytest
 import torch
 
+from fedwsa.algorithms.base import ClientInputs, ClientTerm, namespaced
+from fedwsa.algorithms.fedprox import ProxTerm
+from fedwsa.algorithms.wsa import WsaTerm
 from fedwsa.clients.batched import BatchedTrainer, plan_chunks
 from fedwsa.clients.node import NodeData
 from fedwsa.clients.sequential import SequentialTrainer
-from fedwsa.clients.trainer import CohortTask, LocalSettings, WsaTarget
+from fedwsa.clients.trainer import CohortTask, LocalSettings
 from fedwsa.models import build_model
 from fedwsa.scope import model_scopes, regularised_names
 
@@ -25,19 +30,56 @@ def settings(augment: bool, epochs: int = 2) -> LocalSettings:
                          weight_decay=1e-3, augment=augment, seed=7)
 
 
-def run_both(augment: bool, wsa: bool = False, max_clients: int = 0):
+class AnchorTerm(ClientTerm):
+    """A test term that uses every hook: a per-client anchor pulls fc3's bias (loss), each
+    step shrinks fc3's weight by a per-client factor (after_step), and the client reports its
+    drift from the global model over its step count (outputs), as SCAFFOLD will."""
+
+    name = "anchor"
+
+    def loss(self, params, global_params, shared, own):
+        return shared["scale"] * ((params["fc3.bias"] - own["bias"]) ** 2).sum()
+
+    def after_step(self, params, shared, own, lr):
+        f = own["shrink"]  # [] on one client, [k] on a stack: broadcast over the weight's dims
+        params["fc3.weight"].mul_((1 - lr * f).reshape(*f.shape, 1, 1))
+
+    def outputs(self, params, global_params, shared, own, steps, lr):
+        return {"drift": (global_params["fc3.bias"] - params["fc3.bias"]) / (steps * lr)}
+
+
+def wsa_inputs(global_params) -> ClientInputs:
+    names = regularised_names(global_params)
+    mu, sigma = model_scopes(global_params, names)
+    return ClientInputs(shared=namespaced("wsa", {
+        "beta": torch.tensor(0.5), "mu": mu * 0 + 0.01, "sigma": sigma * 1.5}))
+
+
+def run_both(augment: bool, wsa: bool = False, max_clients: int = 0, prox: bool = False,
+             anchor: bool = False):
     node = make_node()
     model = build_model("simple-cnn", node.num_classes, seed=1)
     global_params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    target = None
+    terms: list[ClientTerm] = []
+    inputs = ClientInputs()
+    K = len(SIZES)
     if wsa:
-        names = regularised_names(global_params)
-        mu, sigma = model_scopes(global_params, names)
-        target = WsaTarget(0.5, tuple(names), mu * 0 + 0.01, sigma * 1.5)
-    task = CohortTask(3, list(range(len(SIZES))), global_params, target)
+        terms.append(WsaTerm(regularised_names(global_params)))
+        inputs = inputs.merged(wsa_inputs(global_params))
+    if prox:
+        terms.append(ProxTerm())
+        inputs = inputs.merged(ClientInputs(shared={"fedprox/mu": torch.tensor(0.3)}))
+    if anchor:
+        terms.append(AnchorTerm())
+        gen = torch.Generator().manual_seed(5)
+        inputs = inputs.merged(ClientInputs(
+            shared={"anchor/scale": torch.tensor(0.2)},
+            per_client={"anchor/bias": torch.randn(K, 10, generator=gen),
+                        "anchor/shrink": torch.rand(K, generator=gen)}))
+    task = CohortTask(3, list(range(K)), global_params, inputs)
     s = settings(augment)
-    seq = SequentialTrainer(model, node, s).train(task)
-    bat = BatchedTrainer(model, node, s, max_clients=max_clients).train(task)
+    seq = SequentialTrainer(model, node, s, terms).train(task)
+    bat = BatchedTrainer(model, node, s, max_clients=max_clients, terms=terms).train(task)
     return seq, bat
 
 
@@ -47,6 +89,10 @@ def assert_same_clients(seq, bat) -> None:
         torch.testing.assert_close(bat.params[name], seq.params[name], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(bat.train_loss), torch.tensor(seq.train_loss),
                                rtol=1e-4, atol=1e-5)
+    assert seq.steps == bat.steps
+    assert set(seq.outputs) == set(bat.outputs)
+    for name in seq.outputs:
+        torch.testing.assert_close(bat.outputs[name], seq.outputs[name], rtol=1e-4, atol=1e-5)
 
 
 def test_batched_equals_sequential_per_client() -> None:
@@ -79,6 +125,22 @@ def test_batched_equals_sequential_with_random_crops() -> None:
 
 def test_batched_equals_sequential_with_wsa_and_chunks() -> None:
     assert_same_clients(*run_both(augment=False, wsa=True, max_clients=2))
+
+
+def test_batched_equals_sequential_with_prox_and_wsa() -> None:
+    seq, bat = run_both(augment=False, wsa=True, prox=True, max_clients=3)
+    assert_same_clients(seq, bat)
+    plain, _ = run_both(augment=False)
+    assert not torch.allclose(seq.params["fc1.weight"], plain.params["fc1.weight"])
+
+
+def test_every_term_hook_runs_the_same_in_both_trainers() -> None:
+    """Per-client inputs in, a step correction, per-client outputs back: ragged clients in
+    chunks of 2 (so the batched trainer reorders them) give the same rows as one by one."""
+    seq, bat = run_both(augment=False, anchor=True, max_clients=2)
+    assert_same_clients(seq, bat)
+    assert seq.steps == [2 * -(-n // 16) for n in SIZES]
+    assert seq.outputs["anchor/drift"].shape == (len(SIZES), 10)
 
 
 def test_clients_train_independently_of_their_cohort() -> None:

@@ -19,13 +19,13 @@ from fakes import FakeGrid, fake_replies
 from flwr.app import Context, RecordDict
 from torch import nn
 
+from fedwsa.algorithms.base import own_arrays
 from fedwsa.cli import main as cli_main
 from fedwsa.cli import simulate
 from fedwsa.config import ConfigError, make_config
 from fedwsa.models import build_model
 from fedwsa.protocol import from_arrays, to_arrays, unpack_request
-from fedwsa.strategies import FedAvg, build_strategy
-from fedwsa.strategies.wsa import FedWSA
+from fedwsa.strategies import CohortStrategy, build_strategy
 
 SIMPLE_CNN_LAYERS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
 
@@ -61,6 +61,24 @@ def run_round(strategy, server_round: int, global_params: dict[str, torch.Tensor
     return messages, from_arrays(arrays), metrics, weights
 
 
+def FedWSA(config) -> CohortStrategy:
+    """The strategy a config with ``strategy='fedwsa'`` composes."""
+    return build_strategy(config.replace(strategy="fedwsa"))
+
+
+def target_of(shared: dict[str, torch.Tensor], names: list[str]) -> dict:
+    """The WSA inputs sent to clients as a plain dict (beta, names, mu, sigma)."""
+    wsa = own_arrays("wsa", shared)
+    return {"beta": float(wsa["beta"]), "names": names, "mu": wsa["mu"].tolist(),
+            "sigma": wsa["sigma"].tolist()}
+
+
+def next_target(strategy: CohortStrategy, server_round: int) -> dict:
+    """What the next round will send the clients."""
+    inputs = strategy.client_inputs(server_round, initial_params(), [0])
+    return target_of(inputs.shared, strategy.part("wsa").layer_names)
+
+
 def wsa_config(**keys):
     return make_config({"num-clients": 8, "fraction-train": 0.75, "seed": 4,
                         "strategy": "fedwsa", **keys})
@@ -73,8 +91,9 @@ def test_wsa_layers_all_are_the_conv_and_linear_weights() -> None:
         model = build_model(model_name, 10)
         expected = [f"{name}.weight" for name, m in model.named_modules()
                     if isinstance(m, nn.Conv2d | nn.Linear)]
-        assert FedWSA(make_config({"model": model_name})).layer_names == expected
-    picked = FedWSA(make_config({"wsa-layers": " fc2.weight, conv1.weight"})).layer_names
+        assert FedWSA(make_config({"model": model_name})).part("wsa").layer_names == expected
+    picked = FedWSA(make_config({"wsa-layers": " fc2.weight, conv1.weight"})).part("wsa")
+    picked = picked.layer_names
     assert picked == ["conv1.weight", "fc2.weight"]
 
 
@@ -99,15 +118,15 @@ def test_cli_refuses_bad_wsa_layers_before_running(capsys: pytest.CaptureFixture
 @pytest.mark.parametrize("rule", ["mean", "mixture", "global", "fixed"])
 def test_target_after_a_round_equals_numpy_fusion(flower_identity: None, rule: str) -> None:
     strategy = build_strategy(wsa_config(**{"wsa-fusion": rule, "wsa-beta": 0.3}))
-    assert isinstance(strategy, FedWSA)
+    assert strategy.part("wsa").rule == rule
     g = initial_params()
     messages, new_global, metrics, weights = run_round(strategy, 1, g)
 
     # Round 1's target, as every node receives it: the scope of the initial global model.
     init = [np_scope(g[n]) for n in SIMPLE_CNN_LAYERS]
     for msg in messages:
-        wsa = unpack_request(msg.content).wsa
-        assert wsa is not None and wsa["beta"] == pytest.approx(0.3)
+        wsa = target_of(unpack_request(msg.content).shared, SIMPLE_CNN_LAYERS)
+        assert wsa["beta"] == pytest.approx(0.3)
         assert list(wsa["names"]) == SIMPLE_CNN_LAYERS
         np.testing.assert_allclose(wsa["mu"], [m for m, _ in init], rtol=1e-5, atol=1e-9)
         np.testing.assert_allclose(wsa["sigma"], [s for _, s in init], rtol=1e-5)
@@ -129,8 +148,7 @@ def test_target_after_a_round_equals_numpy_fusion(flower_identity: None, rule: s
         sig_ref = np.array([fedavg[k].std() for k in SIMPLE_CNN_LAYERS])
     else:
         mu_ref, sig_ref = np.array([m for m, _ in init]), np.array([s for _, s in init])
-    nxt = strategy.client_settings(2)
-    assert nxt is not None
+    nxt = next_target(strategy, 2)
     np.testing.assert_allclose(nxt["mu"], mu_ref, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(nxt["sigma"], sig_ref, rtol=1e-5)
     # Aggregation itself is FedAvg's.
@@ -150,7 +168,7 @@ def test_layer_subset_fuses_only_those_layers(flower_identity: None) -> None:
     ids = sorted(weights)
     p = np.array([SIZES[c] for c in ids], dtype=np.float64)
     p /= p.sum()
-    nxt = strategy.client_settings(2)
+    nxt = next_target(strategy, 2)
     assert nxt["names"] == ["conv2.weight", "fc1.weight"]
     for j, name in enumerate(nxt["names"]):
         ref = p @ np.array([np_scope(weights[c][name])[1] for c in ids])
@@ -163,7 +181,7 @@ def test_align_global_rescales_to_the_fused_scope(flower_identity: None) -> None
     g = initial_params()
     _, avg, _, _ = run_round(plain, 1, g)
     _, out, _, _ = run_round(aligned, 1, g)
-    target = aligned.client_settings(2)
+    target = next_target(aligned, 2)
     for j, name in enumerate(SIMPLE_CNN_LAYERS):
         w, a = out[name].double().numpy(), avg[name].double().numpy()
         assert w.mean() == pytest.approx(target["mu"][j], rel=1e-4, abs=1e-7)
@@ -175,7 +193,7 @@ def test_align_global_rescales_to_the_fused_scope(flower_identity: None) -> None
 
 
 def test_fedavg_reports_scope_metrics_against_the_sent_global(flower_identity: None) -> None:
-    strategy = FedAvg(make_config({"num-clients": 8, "fraction-train": 0.75, "seed": 4}))
+    strategy = build_strategy(make_config({"num-clients": 8, "fraction-train": 0.75, "seed": 4}))
     g = initial_params(3)
     _, _, metrics, weights = run_round(strategy, 1, g)
     target = [np_scope(g[n]) for n in SIMPLE_CNN_LAYERS]
@@ -192,30 +210,30 @@ def test_fedavg_reports_scope_metrics_against_the_sent_global(flower_identity: N
 def test_state_dict_round_trip(flower_identity: None) -> None:
     config = wsa_config(**{"wsa-fusion": "fixed"})
     fresh = FedWSA(config)
-    assert fresh.state_dict() == {"names": SIMPLE_CNN_LAYERS}
+    assert fresh.state_dict() == {"wsa": {"names": SIMPLE_CNN_LAYERS}}
     strategy = FedWSA(config)
     g = initial_params()
     run_round(strategy, 1, g)
-    state = strategy.state_dict()
+    state = strategy.part("wsa").state_dict()
     for key, value in state.items():
         assert isinstance(value, torch.Tensor) or json.loads(json.dumps(value)) == value, key
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
     restored = FedWSA(config)
-    restored.load_state_dict(torch.load(buf, weights_only=True))
-    assert restored.client_settings(2) == strategy.client_settings(2)
+    restored.load_state_dict({"wsa": torch.load(buf, weights_only=True)})
+    assert next_target(restored, 2) == next_target(strategy, 2)
     for key in state:
         if isinstance(state[key], torch.Tensor):
-            assert torch.equal(restored.state_dict()[key], state[key])
+            assert torch.equal(restored.part("wsa").state_dict()[key], state[key])
     # The restored `fixed` target is still round 1's after another round.
     run_round(restored, 2, g)
     init = [np_scope(g[n]) for n in SIMPLE_CNN_LAYERS]
-    np.testing.assert_allclose(restored.client_settings(3)["sigma"], [s for _, s in init],
+    np.testing.assert_allclose(next_target(restored, 3)["sigma"], [s for _, s in init],
                                rtol=1e-5)
     other = FedWSA(wsa_config(**{"wsa-layers": "fc1.weight"}))
     with pytest.raises(ValueError, match="wsa-layers"):
-        other.load_state_dict(state)
+        other.load_state_dict({"wsa": state})
 
 
 @pytest.fixture
@@ -241,17 +259,17 @@ def client_app_round(trainer: str) -> tuple[dict[str, torch.Tensor], dict, dict]
     model = build_model("simple-cnn", 10, seed=2)
     g = {k: v.detach().clone() for k, v in model.named_parameters()}
     # Round 2's target differs from the model's own scope, so the WSA term has a gradient.
-    strategy.load_state_dict({
+    strategy.load_state_dict({"wsa": {
         "names": SIMPLE_CNN_LAYERS,
         "target-mu": torch.tensor([0.01, -0.01, 0.0, 0.005, -0.02]),
         "target-sigma": torch.tensor([0.05, 0.2, 0.03, 0.1, 0.3]),
         "initial-mu": torch.zeros(5), "initial-sigma": torch.ones(5),
-    })
+    }})
     messages = strategy.configure_train(2, to_arrays(g), None, FakeGrid([1, 2]))
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     replies = [train(msg, context) for msg in messages]
     arrays, metrics = strategy.aggregate_train(2, replies)
-    return from_arrays(arrays), strategy.client_settings(3), metrics
+    return from_arrays(arrays), next_target(strategy, 3), metrics
 
 
 def test_batched_and_sequential_nodes_agree_with_wsa_on(flower_identity: None,

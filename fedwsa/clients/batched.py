@@ -36,19 +36,25 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from fedwsa.algorithms.base import ClientTerm, namespaced
 from fedwsa.clients.batches import epoch_plan, load_images
 from fedwsa.clients.node import NodeData
 from fedwsa.clients.per_client_conv import with_per_client_convs
-from fedwsa.clients.trainer import CohortResult, CohortTask, LocalSettings, num_batches
+from fedwsa.clients.trainer import (
+    CohortResult,
+    CohortTask,
+    LocalSettings,
+    num_batches,
+    term_inputs,
+)
 from fedwsa.models import check_functional
-from fedwsa.scope import wsa_penalty
 
 
 @dataclass
@@ -157,8 +163,29 @@ def single_threaded_ops() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-# Per client: (weights, last-epoch loss); then samples computed (padding included) and real.
-_GroupResult = tuple[dict[int, tuple[dict[str, torch.Tensor], float]], float, float]
+TermArrays = dict[str, dict[str, torch.Tensor]]  # term name -> its arrays
+
+
+@dataclass
+class _Round:
+    """What every chunk of one ``train`` call shares, on the device."""
+
+    task: CohortTask
+    global_params: dict[str, torch.Tensor]
+    shared: TermArrays
+    per_client: dict[str, torch.Tensor]  # namespaced, rows in task.client_ids order
+    row: dict[int, int]                  # client id -> its row
+
+
+class _ClientOut(NamedTuple):
+    params: dict[str, torch.Tensor]
+    loss: float
+    steps: int
+    outputs: dict[str, torch.Tensor]
+
+
+# Per client its result; then samples computed (padding included) and real.
+_GroupResult = tuple[dict[int, _ClientOut], float, float]
 
 
 class BatchedTrainer:
@@ -166,7 +193,7 @@ class BatchedTrainer:
 
     def __init__(self, model: nn.Module, data: NodeData, settings: LocalSettings,
                  max_clients: int = 0, precision: str = "fp32",
-                 cpu_workers: int | None = None) -> None:
+                 cpu_workers: int | None = None, terms: list[ClientTerm] | None = None) -> None:
         """``cpu_workers``: threads that train chunks side by side on a CPU (default: torch's
         intra-op thread count, i.e. the node's CPUs); ignored on a GPU."""
         check_functional(model)  # running statistics cannot live on stacked weights
@@ -177,88 +204,113 @@ class BatchedTrainer:
         self.max_clients = max_clients or (CPU_CHUNK if on_cpu else 0)
         self.workers = max(1, cpu_workers or torch.get_num_threads()) if on_cpu else 1
         self.precision = precision
-        self._wsa_names: list[str] = []
+        self.terms = list(terms or [])
         # functional_call swaps the weights into the module while it runs, so every worker
         # thread needs a module of its own.
         self._grads = [self._vmapped_grad(copy.deepcopy(self.model) if w else self.model)
                        for w in range(self.workers)]
 
     def _vmapped_grad(self, model: nn.Module) -> Callable[..., Any]:
-        """Per client: weights, images, labels, sample weights. Shared: the WSA target."""
+        """Per client: weights, images, labels, sample weights, the terms' own inputs.
+        Shared: the global model and the terms' shared inputs."""
         return vmap(grad(functools.partial(self._loss, model), has_aux=True),
-                    in_dims=(0, 0, 0, 0, None, None, None))
+                    in_dims=(0, 0, 0, 0, None, None, 0))
 
     def _loss(self, model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
-              y: torch.Tensor, w: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor,
-              sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One client's objective on one (padded) batch: weighted CE + beta * WSA penalty."""
+              y: torch.Tensor, w: torch.Tensor, global_params: dict[str, torch.Tensor],
+              shared: TermArrays, own: TermArrays) -> tuple[torch.Tensor, torch.Tensor]:
+        """One client's objective on one (padded) batch: weighted CE + the terms' losses."""
         autocast = (torch.autocast(self.data.device.type, dtype=torch.bfloat16)
                     if self.precision == "bf16" else contextlib.nullcontext())
         with autocast:
             logits = functional_call(model, params, (x,))
         ce = F.cross_entropy(logits.float(), y, reduction="none")
         loss = (ce * w).sum()
-        if self._wsa_names:
-            loss = loss + beta * wsa_penalty(params, self._wsa_names, mu, sigma)
+        for term in self.terms:
+            extra = term.loss(params, global_params, shared[term.name], own[term.name])
+            if extra is not None:
+                loss = loss + extra
         return loss, ce.detach()
 
     def train(self, task: CohortTask) -> CohortResult:
         sizes = {c: self.data.client_size(c) for c in task.client_ids}
-        self._wsa_names = list(task.wsa.names) if task.wsa is not None and task.wsa.beta > 0 \
-            else []
+        dev = self.data.device
+        rnd = _Round(task, {n: v.to(dev) for n, v in task.global_params.items()},
+                     term_inputs(self.terms, task.inputs.shared, dev),
+                     {k: v.to(dev) for k, v in task.inputs.per_client.items()},
+                     {c: i for i, c in enumerate(task.client_ids)})
         t0 = time.perf_counter()
         groups = share_out(sizes, self.settings, self.workers)
         on_cpu = self.data.device.type == "cpu"
         with single_threaded_ops() if on_cpu else contextlib.nullcontext():
             if len(groups) == 1:
-                trained = [self._train_group(task, groups[0], 0)]
+                trained = [self._train_group(rnd, groups[0], 0)]
             else:
                 with ThreadPoolExecutor(len(groups)) as pool:
-                    trained = list(pool.map(self._train_group, [task] * len(groups), groups,
+                    trained = list(pool.map(self._train_group, [rnd] * len(groups), groups,
                                             range(len(groups))))
         results = {cid: r for out, _, _ in trained for cid, r in out.items()}
         computed = sum(c for _, c, _ in trained)
         real = sum(r for _, _, r in trained)
         ids = list(task.client_ids)
-        stacked = {n: torch.stack([results[c][0][n] for c in ids])
+        stacked = {n: torch.stack([results[c].params[n] for c in ids])
                    for n in task.global_params}
+        out_names = sorted({k for c in ids for k in results[c].outputs})
         return CohortResult(
             client_ids=ids,
             params=stacked,
             num_examples=[sizes[c] for c in ids],
-            train_loss=[results[c][1] for c in ids],
+            train_loss=[results[c].loss for c in ids],
             stats={"wasted-fraction": 1.0 - real / max(computed, 1.0),
                    "train-s": time.perf_counter() - t0},
+            steps=[results[c].steps for c in ids],
+            outputs={k: torch.stack([results[c].outputs[k] for c in ids]) for k in out_names},
         )
 
-    def _train_group(self, task: CohortTask, group: dict[int, int], worker: int
-                     ) -> _GroupResult:
-        """One worker's clients, chunk by chunk: weights and losses, samples computed and real."""
-        out: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
+    def _train_group(self, rnd: _Round, group: dict[int, int], worker: int) -> _GroupResult:
+        """One worker's clients, chunk by chunk: their results, samples computed and real."""
+        out: dict[int, _ClientOut] = {}
         computed = real = 0.0
         for chunk in plan_chunks(group, self.settings, self.max_clients):
-            layout = layout_chunk(self.data, chunk, self.settings, task.server_round)
-            params, losses, c, r = self._train_chunk(task, layout, self._grads[worker])
+            layout = layout_chunk(self.data, chunk, self.settings, rnd.task.server_round)
+            rows = torch.tensor([rnd.row[c] for c in chunk], device=self.data.device)
+            own = term_inputs(self.terms, {k: v[rows] for k, v in rnd.per_client.items()},
+                              self.data.device)
+            params, losses, c, r = self._train_chunk(rnd, own, layout, self._grads[worker])
             computed, real = computed + c, real + r
+            outputs = self._outputs(rnd, own, params, layout.steps)
+            steps = layout.steps.tolist()
             for k, cid in enumerate(chunk):
-                out[cid] = ({n: v[k] for n, v in params.items()}, losses[k])
+                out[cid] = _ClientOut({n: v[k] for n, v in params.items()}, losses[k],
+                                      int(steps[k]), {n: v[k] for n, v in outputs.items()})
         return out, computed, real
 
-    def _train_chunk(self, task: CohortTask, layout: ChunkLayout, grad_fn: Callable[..., Any]
+    def _outputs(self, rnd: _Round, own: TermArrays, params: dict[str, torch.Tensor],
+                 steps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The terms' per-client outputs for a chunk, each client's computed under ``vmap``."""
+        out: dict[str, torch.Tensor] = {}
+        steps = steps.to(self.data.device)
+        for term in self.terms:
+            if type(term).outputs is ClientTerm.outputs:
+                continue
+            fn = functools.partial(term.outputs, lr=self.settings.lr)
+            with torch.no_grad():
+                got = vmap(fn, in_dims=(0, None, None, 0, 0))(
+                    params, rnd.global_params, rnd.shared[term.name], own[term.name], steps)
+            out.update(namespaced(term.name, got))
+        return out
+
+    def _train_chunk(self, rnd: _Round, own: TermArrays, layout: ChunkLayout,
+                     grad_fn: Callable[..., Any]
                      ) -> tuple[dict[str, torch.Tensor], list[float], float, float]:
         """SGD for one chunk; returns weights, last-epoch mean CE, computed and real samples."""
         s, data, dev = self.settings, self.data, self.data.device
         K, T, B = layout.indices.shape
-        names = list(task.global_params)
-        params = {n: v.to(dev).unsqueeze(0).repeat(K, *([1] * v.dim()))
-                  for n, v in task.global_params.items()}
+        names = list(rnd.global_params)
+        params = {n: v.unsqueeze(0).repeat(K, *([1] * v.dim()))
+                  for n, v in rnd.global_params.items()}
         bufs = {n: torch.zeros_like(v) for n, v in params.items()}
-        if self._wsa_names and task.wsa is not None:
-            beta = torch.tensor(task.wsa.beta, device=dev)
-            mu, sigma = task.wsa.mu.to(dev), task.wsa.sigma.to(dev)
-        else:
-            beta, mu, sigma = (torch.zeros((), device=dev), torch.zeros(1, device=dev),
-                               torch.ones(1, device=dev))
+        steps_after = [t for t in self.terms if type(t).after_step is not ClientTerm.after_step]
         ce_sum = torch.zeros(K, T, device=dev)  # per client and step: CE summed over the batch
         for t, k in enumerate(layout.active):
             idx = layout.indices[:k, t]
@@ -268,9 +320,10 @@ class BatchedTrainer:
                 None if layout.flips is None else layout.flips[:k, t],
             )
             active = [params[n][:k] for n in names]  # views: updated in place below
+            own_k = {name: {a: v[:k] for a, v in arrays.items()} for name, arrays in own.items()}
             grads, ce = grad_fn(dict(zip(names, active, strict=True)), x,
                                 layout.labels[:k, t], layout.sample_weight[:k, t],
-                                beta, mu, sigma)
+                                rnd.global_params, rnd.shared, own_k)
             with torch.no_grad():
                 ce_sum[:k, t] = (ce * layout.loss_mask[:k, t]).sum(dim=1)
                 # torch.optim.SGD (dampening 0, no Nesterov): g += wd p; buf = m buf + g;
@@ -282,6 +335,9 @@ class BatchedTrainer:
                 torch._foreach_mul_(buf, s.momentum)
                 torch._foreach_add_(buf, g)
                 torch._foreach_add_(active, buf, alpha=-s.lr)
+                for term in steps_after:
+                    term.after_step(dict(zip(names, active, strict=True)), rnd.shared[term.name],
+                                    own_k[term.name], s.lr)
         computed = float(B * sum(layout.active))
         real = float((layout.sample_weight > 0).sum())
         # Each client's own steps only: a sum of the same length in any chunk, so the same bits.

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedwsa.algorithms.base import ClientInputs
 from fedwsa.clients.failures import train_cohort
 from fedwsa.clients.node import node_data
-from fedwsa.clients.trainer import CohortTask, WsaTarget
+from fedwsa.clients.trainer import CohortTask
 from fedwsa.clients.trainers import build_trainer
 from fedwsa.config import Config
 from fedwsa.protocol import pack_reply, unpack_request
@@ -23,14 +23,7 @@ def train(msg: Message, context: Context) -> Message:
     config = Config.from_json(request.run_config)
     data = node_data(config)
     trainer = build_trainer(config, data)
-    wsa = None
-    if request.wsa is not None:
-        wsa = WsaTarget(
-            beta=float(request.wsa["beta"]),
-            names=tuple(request.wsa["names"]),
-            mu=torch.tensor(request.wsa["mu"], dtype=torch.float32),
-            sigma=torch.tensor(request.wsa["sigma"], dtype=torch.float32),
-        )
-    task = CohortTask(request.server_round, request.client_ids, request.global_params, wsa)
+    task = CohortTask(request.server_round, request.client_ids, request.global_params,
+                      ClientInputs(request.shared, request.per_client))
     result = train_cohort(trainer, task, seed=config.seed, fail_rate=config.fail_rate)
     return Message(content=pack_reply(result), reply_to=msg)

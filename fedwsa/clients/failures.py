@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -71,7 +70,7 @@ def train_cohort(trainer: Trainer, task: CohortTask, seed: int, fail_rate: float
             healthy.append(cid)
         except Exception as err:  # a failing client is reported, the others train
             failures[cid] = reason(err)
-    result = _isolating(trainer, replace(task, client_ids=healthy)) if healthy else \
+    result = _isolating(trainer, task.subset(healthy)) if healthy else \
         empty_result(task)
     result = drop_non_finite(result)
     result.failures = {**failures, **result.failures}
@@ -90,7 +89,7 @@ def _isolating(trainer: Trainer, task: CohortTask) -> CohortResult:
         log.warning("cohort of %d clients failed in round %d (%s); training them one by one "
                     "to isolate the failing client(s)", len(task.client_ids), task.server_round,
                     reason(err))
-    parts = [_isolating(trainer, replace(task, client_ids=[cid])) for cid in task.client_ids]
+    parts = [_isolating(trainer, task.subset([cid])) for cid in task.client_ids]
     return merge_results(task, parts)
 
 
@@ -103,6 +102,7 @@ def merge_results(task: CohortTask, parts: list[CohortResult]) -> CohortResult:
     for p in parts:
         for k, v in p.stats.items():
             stats.setdefault(k, []).append(v)
+    out_names = sorted({k for p in parts if p.client_ids for k in p.outputs})
     return CohortResult(
         client_ids=ids,
         params=params,
@@ -110,6 +110,9 @@ def merge_results(task: CohortTask, parts: list[CohortResult]) -> CohortResult:
         train_loss=[v for p in parts for v in p.train_loss],
         failures={cid: why for p in parts for cid, why in p.failures.items()},
         stats={k: float(np.mean(v)) for k, v in stats.items()},
+        steps=[n for p in parts for n in p.steps],
+        outputs={k: torch.cat([p.outputs[k] for p in parts if p.client_ids])
+                 for k in out_names},
     )
 
 
@@ -129,12 +132,6 @@ def drop_non_finite(result: CohortResult) -> CohortResult:
             keep.append(j)
     if len(keep) == len(result.client_ids):
         return result
-    index = torch.tensor(keep, dtype=torch.long)
-    return CohortResult(
-        client_ids=[result.client_ids[j] for j in keep],
-        params={n: v[index.to(v.device)] for n, v in result.params.items()},
-        num_examples=[result.num_examples[j] for j in keep],
-        train_loss=[result.train_loss[j] for j in keep],
-        failures=failures,
-        stats=dict(result.stats),
-    )
+    kept = result.select(keep)
+    kept.failures = failures
+    return kept

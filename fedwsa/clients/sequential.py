@@ -8,29 +8,45 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedwsa.algorithms.base import ClientTerm, namespaced
 from fedwsa.clients.batches import epoch_plan, load_images
 from fedwsa.clients.node import NodeData
-from fedwsa.clients.trainer import CohortResult, CohortTask, LocalSettings, num_batches
-from fedwsa.scope import wsa_penalty
+from fedwsa.clients.trainer import (
+    CohortResult,
+    CohortTask,
+    LocalSettings,
+    num_batches,
+    term_inputs,
+)
 
 log = logging.getLogger(__name__)
+
+
+class _ClientResult(NamedTuple):
+    params: dict[str, torch.Tensor]
+    loss: float
+    steps: int
+    outputs: dict[str, torch.Tensor]
 
 
 class SequentialTrainer:
     """Trains each client of a cohort in turn on the node's device."""
 
-    def __init__(self, model: nn.Module, data: NodeData, settings: LocalSettings) -> None:
+    def __init__(self, model: nn.Module, data: NodeData, settings: LocalSettings,
+                 terms: list[ClientTerm] | None = None) -> None:
         self.model = copy.deepcopy(model).to(data.device)
         self.data = data
         self.settings = settings
+        self.terms = list(terms or [])
 
     def train(self, task: CohortTask) -> CohortResult:
-        results: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
+        results: dict[int, _ClientResult] = {}
         failures: dict[int, str] = {}
         for cid in task.client_ids:
             try:
@@ -41,31 +57,37 @@ class SequentialTrainer:
         ids = [c for c in task.client_ids if c in results]
         names = list(task.global_params)
         stacked = {
-            n: torch.stack([results[c][0][n] for c in ids]) if ids else
+            n: torch.stack([results[c].params[n] for c in ids]) if ids else
             task.global_params[n].new_empty((0, *task.global_params[n].shape))
             for n in names
         }
+        out_names = sorted({k for c in ids for k in results[c].outputs})
         return CohortResult(
             client_ids=ids,
             params=stacked,
             num_examples=[self.data.client_size(c) for c in ids],
-            train_loss=[results[c][1] for c in ids],
+            train_loss=[results[c].loss for c in ids],
             failures=failures,
+            steps=[results[c].steps for c in ids],
+            outputs={k: torch.stack([results[c].outputs[k] for c in ids]) for k in out_names},
         )
 
-    def train_client(self, task: CohortTask, cid: int) -> tuple[dict[str, torch.Tensor], float]:
-        """Local SGD for one client; returns its weights and its last epoch's mean loss."""
+    def train_client(self, task: CohortTask, cid: int) -> _ClientResult:
+        """Local SGD for one client: its weights, last epoch's mean loss, steps, outputs."""
         s, data = self.settings, self.data
         device = data.device
-        self.model.load_state_dict({k: v.to(device) for k, v in task.global_params.items()})
+        global_params = {k: v.to(device) for k, v in task.global_params.items()}
+        self.model.load_state_dict(global_params)
         self.model.train()
         opt = torch.optim.SGD(self.model.parameters(), lr=s.lr, momentum=s.momentum,
                               weight_decay=s.weight_decay)
         n = data.client_size(cid)
-        wsa = task.wsa if task.wsa is not None and task.wsa.beta > 0 else None
-        if wsa is not None:
-            names, params = list(wsa.names), dict(self.model.named_parameters())
-            mu, sigma = wsa.mu.to(device), wsa.sigma.to(device)
+        row = task.client_ids.index(cid)
+        shared = term_inputs(self.terms, task.inputs.shared, device)
+        own = term_inputs(self.terms, {k: v[row] for k, v in task.inputs.per_client.items()},
+                          device)
+        params = dict(self.model.named_parameters())
+        steps = 0
         loss_sum = torch.zeros((), device=device)
         for epoch in range(s.local_epochs):
             plan = epoch_plan(data, cid, s.seed, task.server_round, epoch, s.augment)
@@ -80,11 +102,23 @@ class SequentialTrainer:
                 )
                 ce = F.cross_entropy(self.model(x), data.labels[idx])
                 loss = ce
-                if wsa is not None:
-                    loss = ce + wsa.beta * wsa_penalty(params, names, mu, sigma)
+                for term in self.terms:
+                    extra = term.loss(params, global_params, shared[term.name], own[term.name])
+                    if extra is not None:
+                        loss = loss + extra
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                with torch.no_grad():
+                    for term in self.terms:
+                        term.after_step(params, shared[term.name], own[term.name], s.lr)
+                steps += 1
                 loss_sum += ce.detach() * idx.numel()
         weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        return weights, float(loss_sum) / max(n, 1)
+        outputs: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for term in self.terms:
+                outputs.update(namespaced(term.name, term.outputs(
+                    weights, global_params, shared[term.name], own[term.name],
+                    torch.tensor(steps, device=device), s.lr)))
+        return _ClientResult(weights, float(loss_sum) / max(n, 1), steps, outputs)

@@ -1,19 +1,22 @@
 """What a node's trainer is given and gives back: the cohort protocol's client side.
 
-A trainer takes one ``CohortTask`` (the global weights and the ids of the clients this node
-trains this round) and returns one ``CohortResult`` with the clients' weights stacked along a
+A trainer takes one ``CohortTask`` (the global weights, the ids of the clients this node
+trains this round and the algorithms' inputs for them) and returns one ``CohortResult`` with
+the clients' weights, local step counts and the algorithms' per-client outputs, stacked along a
 leading client axis. The sequential and the batched trainer implement the same ``Trainer``
-protocol, and must give the same per-client results.
+protocol, run the same ``ClientTerm`` hooks, and must give the same per-client results.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from fedwsa.algorithms.base import ClientInputs, ClientTerm, own_arrays
 from fedwsa.config import Config
 from fedwsa.protocol import TrainReply
 
@@ -36,16 +39,6 @@ class LocalSettings:
                    config.weight_decay, config.augment, config.seed)
 
 
-@dataclass(frozen=True)
-class WsaTarget:
-    """The target scope of the WSA term (METHODS.md 1.1): one (mu, sigma) per named layer."""
-
-    beta: float
-    names: tuple[str, ...]
-    mu: torch.Tensor
-    sigma: torch.Tensor
-
-
 @dataclass
 class CohortTask:
     """One round's work for one node."""
@@ -53,7 +46,20 @@ class CohortTask:
     server_round: int
     client_ids: list[int]
     global_params: dict[str, torch.Tensor]
-    wsa: WsaTarget | None = None
+    inputs: ClientInputs = field(default_factory=ClientInputs)
+
+    def subset(self, client_ids: Sequence[int]) -> CohortTask:
+        """The same task for some of its clients (their rows of the per-client inputs)."""
+        pos = {c: i for i, c in enumerate(self.client_ids)}
+        return CohortTask(self.server_round, list(client_ids), self.global_params,
+                          self.inputs.rows([pos[c] for c in client_ids]))
+
+
+def term_inputs(terms: Sequence[ClientTerm], arrays: dict[str, torch.Tensor],
+                device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
+    """Each term's own arrays (prefix stripped) on ``device``, keyed by term name."""
+    return {t.name: {k: v.to(device) for k, v in own_arrays(t.name, arrays).items()}
+            for t in terms}
 
 
 # A cohort's result is exactly what the node's reply carries (the cohort protocol's reply).

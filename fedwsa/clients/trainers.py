@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fedwsa.algorithms import client_terms
 from fedwsa.clients.batched import BatchedTrainer
 from fedwsa.clients.node import NodeData
 from fedwsa.clients.sequential import SequentialTrainer
@@ -15,6 +16,8 @@ def build_trainer(config: Config, data: NodeData) -> Trainer:
     model = build_model(config.model, data.num_classes)
     check_functional(model)
     settings = LocalSettings.from_config(config)
+    terms = client_terms(config, dict(model.named_parameters()))
     if config.trainer == "batched":
-        return BatchedTrainer(model, data, settings, config.max_batched_clients, config.precision)
-    return SequentialTrainer(model, data, settings)
+        return BatchedTrainer(model, data, settings, config.max_batched_clients, config.precision,
+                              terms=terms)
+    return SequentialTrainer(model, data, settings, terms)

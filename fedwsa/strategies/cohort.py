@@ -1,17 +1,18 @@
-"""The cohort strategy: seeded client sampling, one Message per node, stacked replies.
+"""The cohort strategy: seeded client sampling, one Message per node, stacked replies, and the
+composition of the algorithms' server parts (DESIGN.md, "Algorithms are parts, strategies are
+compositions").
 
-Subclasses only say how stacked client weights become the next global model (``aggregate``)
-and, if they need to, what per-round settings clients get (``client_settings``) and what state
-they keep (``state_dict``).
+Every named strategy is this one class: ``fedwsa.algorithms.compose`` picks the parts (the
+client terms' server pieces, the merge rule, the server optimiser) from ``strategy`` and
+``server-opt``, and a round's new global model is ``after_merge(server_opt(merge(updates)))``.
 """
 
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,28 +21,21 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedwsa.algorithms import ClientInputs, ClientUpdates, compose
+from fedwsa.algorithms.base import namespaced
 from fedwsa.config import Config
 from fedwsa.merging import finite_clients
+from fedwsa.models import build_model
 from fedwsa.protocol import TrainRequest, from_arrays, pack_request, to_arrays, unpack_reply
 from fedwsa.scope import model_scopes, regularised_names, scope_kl, sigma_spread, stacked_scopes
 
 
-@dataclass
-class ClientUpdates:
-    """The round's successful clients, in ascending id order, weights stacked on axis 0."""
-
-    client_ids: list[int]
-    params: dict[str, torch.Tensor]
-    num_examples: torch.Tensor
-    train_loss: list[float]
-    failures: dict[int, str] = field(default_factory=dict)
-    stats: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def weights(self) -> torch.Tensor:
-        """FedAvg weights p_i = n_i / sum_j n_j."""
-        n = self.num_examples.to(torch.float64)
-        return (n / n.sum()).to(torch.float32)
+def model_parameters(config: Config) -> dict[str, torch.Tensor]:
+    """``config.model``'s parameters on the meta device: names and shapes, no weights."""
+    num_classes = 100 if config.dataset == "cifar100" else 10
+    with torch.device("meta"):
+        model = build_model(config.model, num_classes)
+    return dict(model.named_parameters())
 
 
 def sample_clients(seed: int, server_round: int, num_clients: int, fraction: float) -> list[int]:
@@ -63,26 +57,45 @@ def split_over_nodes(client_ids: list[int], node_ids: list[int]) -> dict[int, li
 
 
 class CohortStrategy(Strategy):
-    """Base of fedwsa's strategies (a Flower ``Strategy`` speaking the cohort protocol)."""
-
-    name = "cohort"
+    """fedwsa's strategy: a Flower ``Strategy`` speaking the cohort protocol, composed of the
+    algorithms' server parts."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.name = config.strategy
         self.min_clients = config.min_clients
+        self.composition = compose(config, model_parameters(config))
         self._sent: dict[int, list[int]] = {}
         self._global: dict[str, torch.Tensor] = {}
         self.last_updates: ClientUpdates | None = None
 
-    # --- hooks for subclasses -------------------------------------------------------------
-    @abstractmethod
+    def part(self, name: str) -> Any:
+        """The server part called ``name`` (e.g. ``"wsa"``, ``"cart"``, ``"adam"``)."""
+        for p in self.composition.all_parts():
+            if p.name == name:
+                return p
+        raise KeyError(f"strategy {self.name!r} has no part {name!r}")
+
+    def client_inputs(self, server_round: int, global_params: dict[str, torch.Tensor],
+                      client_ids: list[int]) -> ClientInputs:
+        """The round's inputs of every client term, namespaced by part, for ``client_ids``."""
+        inputs = ClientInputs()
+        for p in self.composition.parts:
+            got = p.client_inputs(server_round, global_params, client_ids)
+            inputs = inputs.merged(ClientInputs(namespaced(p.name, got.shared),
+                                                namespaced(p.name, got.per_client)))
+        return inputs
+
     def aggregate(self, server_round: int, global_params: dict[str, torch.Tensor],
                   updates: ClientUpdates) -> dict[str, torch.Tensor]:
-        """The next global model from this round's successful clients."""
-
-    def client_settings(self, server_round: int) -> dict[str, object] | None:
-        """Per-round settings the clients need (e.g. the WSA target); none by default."""
-        return None
+        """after_merge(server_opt(merge(updates))): the next global model."""
+        c = self.composition
+        new_global = c.merge.merge(server_round, updates)
+        if c.optimizer is not None:
+            new_global = c.optimizer.step(server_round, global_params, new_global)
+        for p in c.parts:
+            new_global = p.after_merge(server_round, global_params, new_global, updates)
+        return new_global
 
     def round_metrics(self, server_round: int, global_params: dict[str, torch.Tensor],
                       updates: ClientUpdates) -> dict[str, float]:
@@ -106,23 +119,36 @@ class CohortStrategy(Strategy):
 
     def metric_target(self, global_params: dict[str, torch.Tensor]
                       ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        """Layer names and target scope ``wsa-kl`` is measured against: the sent global model's."""
+        """Layer names and target scope ``wsa-kl`` is measured against: a part's (WSA's sent
+        target), else the sent global model's over every regularised layer."""
+        for p in self.composition.parts:
+            target = p.metric_target(global_params)
+            if target is not None:
+                return target
         names = regularised_names(global_params)
         mu, sigma = model_scopes(global_params, names)
         return names, mu, sigma
 
     def state_dict(self) -> dict[str, object]:
-        """Strategy state that a checkpoint must keep (none for plain FedAvg)."""
-        return {}
+        """Each part's checkpoint state, by part name (WSA target, optimiser moments, ...)."""
+        return {p.name: p.state_dict() for p in self.composition.all_parts() if p.state_dict()}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        """Restore what ``state_dict`` returned."""
+        """Restore what ``state_dict`` returned; a part absent there starts fresh."""
+        names = {p.name for p in self.composition.all_parts()}
+        if unknown := sorted(set(state) - names):
+            raise ValueError(f"checkpointed strategy state for {unknown}, which strategy "
+                             f"{self.name!r} does not have (parts: {sorted(names)})")
+        for p in self.composition.all_parts():
+            p.load_state_dict(dict(state.get(p.name, {})))  # type: ignore[call-overload]
 
     # --- Flower Strategy ------------------------------------------------------------------
     def summary(self) -> None:
         cfg = self.config
         log(INFO, "\t├──> %s: %d clients, fraction-train %.2f, seed %d", self.name,
             cfg.num_clients, cfg.fraction_train, cfg.seed)
+        for p in self.composition.all_parts():
+            log(INFO, "\t├──> %s", p.describe())
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -131,10 +157,13 @@ class CohortStrategy(Strategy):
         nodes = sorted(grid.get_node_ids())
         self._sent = split_over_nodes(cohort, nodes)
         self._global = from_arrays(arrays)
-        settings = self.client_settings(server_round)
+        inputs = self.client_inputs(server_round, self._global, cohort)
+        position = {c: i for i, c in enumerate(cohort)}
         messages = []
         for node_id, clients in self._sent.items():
-            request = TrainRequest(server_round, clients, cfg.to_json(), self._global, settings)
+            rows = inputs.rows([position[c] for c in clients])
+            request = TrainRequest(server_round, clients, cfg.to_json(), self._global,
+                                   rows.shared, rows.per_client)
             messages.append(Message(content=pack_request(request), message_type=MessageType.TRAIN,
                                     dst_node_id=node_id))
         log(INFO, "round %d: %d clients over %d node(s)", server_round, len(cohort),
@@ -148,7 +177,8 @@ class CohortStrategy(Strategy):
         nodes (same sums in the same order).
         """
         failures: dict[int, str] = {}
-        per_client: dict[int, tuple[dict[str, torch.Tensor], int, float]] = {}
+        per_client: dict[int, tuple[dict[str, torch.Tensor], int, float, int,
+                                    dict[str, torch.Tensor]]] = {}
         stats: dict[str, list[float]] = {}
         answered: set[int] = set()
         for msg in replies:
@@ -164,7 +194,9 @@ class CohortStrategy(Strategy):
                 stats.setdefault(key, []).append(value)
             for i, cid in enumerate(reply.client_ids):
                 params = {k: v[i] for k, v in reply.params.items()}
-                per_client[cid] = (params, reply.num_examples[i], reply.train_loss[i])
+                steps = reply.steps[i] if reply.steps else 0
+                per_client[cid] = (params, reply.num_examples[i], reply.train_loss[i], steps,
+                                   {k: v[i] for k, v in reply.outputs.items()})
         for node, clients in self._sent.items():
             if node not in answered:
                 for cid in clients:
@@ -173,6 +205,8 @@ class CohortStrategy(Strategy):
         names = list(self._global)
         params = {n: torch.stack([per_client[c][0][n] for c in ids]) if ids else
                   self._global[n].new_empty((0, *self._global[n].shape)) for n in names}
+        out_names = sorted({k for c in ids for k in per_client[c][4]})
+        outputs = {k: torch.stack([per_client[c][4][k] for c in ids]) for k in out_names}
         if ids:
             finite = finite_clients(params)
             for j in torch.nonzero(~finite).flatten().tolist():
@@ -183,6 +217,7 @@ class CohortStrategy(Strategy):
                     failures[cid] = "non-finite train loss"
             keep = [j for j in range(len(ids)) if bool(finite[j])]
             params = {n: v[keep] for n, v in params.items()}
+            outputs = {n: v[keep] for n, v in outputs.items()}
             ids = [ids[j] for j in keep]
         for cid, reason in sorted(failures.items()):
             log(WARNING, "client %d left out of aggregation: %s", cid, reason)
@@ -191,6 +226,8 @@ class CohortStrategy(Strategy):
             params=params,
             num_examples=torch.tensor([per_client[c][1] for c in ids], dtype=torch.int64),
             train_loss=[per_client[c][2] for c in ids],
+            steps=torch.tensor([per_client[c][3] for c in ids], dtype=torch.int64),
+            outputs=outputs,
             failures=failures,
             stats={k: float(np.mean(v)) for k, v in stats.items()},
         )

@@ -1,0 +1,166 @@
+"""The parts an algorithm is made of (DESIGN.md, "Algorithms are parts, strategies are
+compositions"), and the data they exchange.
+
+Client side, a ``ClientTerm`` adds to each client's objective and may correct its steps; both
+trainers call the same hooks, so an algorithm is written once:
+
+- ``loss``: an extra loss term for ONE client, a pure function of that client's weights
+  (no data-dependent Python control flow), so the batched trainer runs it under ``vmap``;
+- ``after_step``: an in-place change of the weights after each SGD step (SCAFFOLD's
+  correction), written with broadcasting so it works on one client or a stack of clients;
+- ``outputs``: per-client arrays returned to the server at the end of local training.
+
+Each hook sees only its own inputs: the arrays the server part sent for every client
+(``shared``) and this client's row of the per-client arrays (``own``). On the wire they are
+namespaced ``"<part>/<name>"``; the trainers strip the prefix.
+
+Server side, a ``ServerPart`` makes those inputs, may change the merged model (WSA's scope
+fusion), keeps state and checkpoints it. A ``Merge`` turns the clients' stacked weights into
+one model; a ``ServerOptimizer`` steps from the sent global model along the merged update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+Tensors = dict[str, Tensor]
+
+
+def namespaced(part: str, arrays: Mapping[str, Tensor]) -> Tensors:
+    """``arrays`` with keys prefixed ``"<part>/"`` for the wire."""
+    return {f"{part}/{k}": v for k, v in arrays.items()}
+
+
+def own_arrays(part: str, arrays: Mapping[str, Tensor]) -> Tensors:
+    """The arrays of ``part`` (prefix stripped) among namespaced ``arrays``."""
+    prefix = f"{part}/"
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+@dataclass
+class ClientInputs:
+    """What the server sends a cohort besides the global model, namespaced by part.
+
+    ``shared``: one array for every client. ``per_client``: one row per client, stacked on
+    axis 0 in the order of the cohort's client ids."""
+
+    shared: Tensors = field(default_factory=dict)
+    per_client: Tensors = field(default_factory=dict)
+
+    def rows(self, index: Sequence[int]) -> ClientInputs:
+        """The same inputs for the clients at positions ``index`` of the cohort."""
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        return ClientInputs(dict(self.shared),
+                            {k: v[idx.to(v.device)] for k, v in self.per_client.items()})
+
+    def merged(self, other: ClientInputs) -> ClientInputs:
+        return ClientInputs({**self.shared, **other.shared},
+                            {**self.per_client, **other.per_client})
+
+
+class ClientTerm:
+    """The client-side piece of an algorithm; every hook's default does nothing."""
+
+    name = ""
+
+    def loss(self, params: Mapping[str, Tensor], global_params: Mapping[str, Tensor],
+             shared: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> Tensor | None:
+        """An extra loss for one client, added to its mean cross-entropy (None: none)."""
+        return None
+
+    def after_step(self, params: Mapping[str, Tensor], shared: Mapping[str, Tensor],
+                   own: Mapping[str, Tensor], lr: float) -> None:
+        """Change the weights in place after each local SGD step (no autograd)."""
+
+    def outputs(self, params: Mapping[str, Tensor], global_params: Mapping[str, Tensor],
+                shared: Mapping[str, Tensor], own: Mapping[str, Tensor], steps: Tensor,
+                lr: float) -> Tensors:
+        """Per-client arrays for the server after local training (``steps``: local steps)."""
+        return {}
+
+
+@dataclass
+class ClientUpdates:
+    """The round's successful clients, in ascending id order, everything stacked on axis 0."""
+
+    client_ids: list[int]
+    params: Tensors
+    num_examples: Tensor
+    train_loss: list[float]
+    steps: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    outputs: Tensors = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> Tensor:
+        """FedAvg weights p_i = n_i / sum_j n_j."""
+        n = self.num_examples.to(torch.float64)
+        return (n / n.sum()).to(torch.float32)
+
+
+class ServerPart:
+    """The server-side piece of an algorithm; every hook's default does nothing."""
+
+    name = ""
+
+    def client_inputs(self, server_round: int, global_params: Mapping[str, Tensor],
+                      client_ids: Sequence[int]) -> ClientInputs:
+        """This round's inputs of the part's client term (un-namespaced)."""
+        return ClientInputs()
+
+    def after_merge(self, server_round: int, global_params: Mapping[str, Tensor],
+                    new_global: Tensors, updates: ClientUpdates) -> Tensors:
+        """The next global model, given the merged (and server-optimised) one."""
+        return new_global
+
+    def metric_target(self, global_params: Mapping[str, Tensor]
+                      ) -> tuple[list[str], Tensor, Tensor] | None:
+        """The scope ``wsa-kl`` is measured against, if this part defines one."""
+        return None
+
+    def describe(self) -> str:
+        """One line for the run's log."""
+        return self.name
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict``'s output."""
+
+
+class Merge(ServerPart):
+    """Stacked client weights -> one model."""
+
+    def merge(self, server_round: int, updates: ClientUpdates) -> Tensors:
+        raise NotImplementedError
+
+
+class ServerOptimizer(ServerPart):
+    """One server step from the sent global model, given the merged model (METHODS.md 4)."""
+
+    def step(self, server_round: int, global_params: Mapping[str, Tensor],
+             merged: Mapping[str, Tensor]) -> Tensors:
+        raise NotImplementedError
+
+
+def tensor_state(state: Mapping[str, Any], key: str, like: Mapping[str, Tensor]) -> Tensors:
+    """``state[key]``, a dict of tensors, checked against the names and shapes of ``like``."""
+    value = dict(state[key])
+    if set(value) != set(like):
+        raise ValueError(f"checkpointed {key} has arrays {sorted(value)}, this model "
+                         f"{sorted(like)}")
+    out: Tensors = {}
+    for name, ref in like.items():
+        t = torch.as_tensor(value[name]).detach().cpu().clone()
+        if t.shape != ref.shape:
+            raise ValueError(f"checkpointed {key}[{name}] has shape {tuple(t.shape)}, "
+                             f"expected {tuple(ref.shape)}")
+        out[name] = t
+    return out
