@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedwsa.merging import cart, weighted_average
+from fedwsa.maths.merging import cart, weighted_average
 
 Shapes = list[tuple[str, tuple[int, ...]]]
 
@@ -240,7 +240,7 @@ def run_sweep(base: dict[str, object], ranks: Sequence[float], lambdas: Sequence
     A run directory that already holds a finished run of the same config is read, not rerun.
     """
     from fedwsa.config import make_config
-    from fedwsa.inprocess import run_in_process
+    from fedwsa.server.inprocess import run_in_process
 
     plan: list[tuple[str, dict[str, object]]] = []
     for seed in seeds:

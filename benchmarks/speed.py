@@ -16,7 +16,7 @@ How a round is timed. Each run evaluates centrally every round (``eval-every=1``
 ``elapsed-s`` (seconds since the ServerApp started, stamped after that round's evaluation) to
 ``metrics.jsonl``. Round r's time is ``elapsed(r) - elapsed(r-1) - eval(r)``: configure, send,
 train on the node(s), receive, aggregate. ``eval(r)``, the duration of round r's central
-evaluation, is measured by wrapping ``fedwsa.server_app.evaluate`` in this process (the ServerApp
+evaluation, is measured by wrapping ``fedwsa.server.app.evaluate`` in this process (the ServerApp
 runs in-process with ``run_simulation``), so evaluation never counts. Round 1 is left out: it
 includes starting the Ray actors, importing torch in them and loading the dataset onto each
 node. The figure per layout is the mean over rounds 2..R (R = ``--rounds`` >= 3); (d) times R
@@ -92,7 +92,7 @@ def bench_config(args: argparse.Namespace, run_dir: str, trainer: str) -> Config
 @contextlib.contextmanager
 def timed_evaluations() -> Iterator[list[float]]:
     """Record the duration of every central evaluation the in-process ServerApp runs."""
-    import fedwsa.server_app as server_app
+    import fedwsa.server.app as server_app
 
     durations: list[float] = []
     original = server_app.evaluate
@@ -137,7 +137,7 @@ def images_per_round(config: Config) -> int:
 
 def run_flower(args: argparse.Namespace, layout: str, workdir: Path) -> dict[str, object]:
     """One simulated run of the layout; its per-round seconds (rounds 2..R)."""
-    from fedwsa.cli import simulate
+    from fedwsa.server.simulation import simulate
 
     trainer = "batched" if layout == "batched" else "sequential"
     nodes = args.clients if layout == "classic" else 1

@@ -4,7 +4,7 @@ Test accuracy after N rounds on CIFAR-10 with Dirichlet label skew (alpha 0.1 an
 FedAvg and FedWSA at several ``wsa-beta`` values (``mean`` fusion), and for every
 ``wsa-fusion`` rule at one beta (``--fusion-beta``); ``--full-grid`` runs every (beta, fusion)
 pair instead. Every run is a real federation (``run_federation``, the ClientApp's train
-handler, the configured trainer) driven in-process by ``fedwsa.inprocess`` so that no
+handler, the configured trainer) driven in-process by ``fedwsa.server.inprocess`` so that no
 simulation engine starts per run; all runs of one alpha share the seed, hence the partition,
 the initial model and the clients' data order.
 
@@ -72,7 +72,7 @@ def grid(betas: Sequence[float], fusions: Sequence[str], fusion_beta: float, ful
 def run_one(base: dict[str, object], strategy: str, beta: float, fusion: str, run_dir: Path
             ) -> dict[str, object]:
     """One federation; returns its settings, final metrics and per-round accuracy."""
-    from fedwsa.inprocess import run_in_process
+    from fedwsa.server.inprocess import run_in_process
 
     keys = dict(base, strategy=strategy, **{"run-dir": str(run_dir)})
     if strategy == "fedwsa":

@@ -10,9 +10,9 @@ from importlib import import_module
 from typing import Any
 
 _LAZY = {
-    "plot": "fedwsa.notebook",
-    "summarize": "fedwsa.notebook",
-    "partition_heatmap": "fedwsa.notebook",
+    "plot": "fedwsa.experiments.notebook",
+    "summarize": "fedwsa.experiments.notebook",
+    "partition_heatmap": "fedwsa.experiments.notebook",
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from fedwsa import algorithms
 from fedwsa.algorithms import FUSION_RULES, STRATEGIES, SVD_METHODS
+from fedwsa.data import DATASETS
 from fedwsa.keys import (
     AUTO,
     ConfigError,
@@ -25,13 +26,13 @@ from fedwsa.keys import (
     key,
     number,
 )
+from fedwsa.models import MODELS
+from fedwsa.partitions import PARTITIONS
 
-__all__ = ["AUTO", "DATASETS", "FUSION_RULES", "KEYS", "STRATEGIES", "SVD_METHODS", "Config",
-           "ConfigError", "Key", "make_config", "markdown_table", "parse_overrides"]
+__all__ = ["AUTO", "DATASETS", "FUSION_RULES", "HARMLESS_KEYS", "KEYS", "RESUMABLE_KEYS",
+           "STRATEGIES", "SVD_METHODS", "Config", "ConfigError", "Key", "make_config",
+           "markdown_table", "parse_overrides"]
 
-DATASETS = ("cifar10", "cifar100", "synthetic")
-PARTITIONS = ("dirichlet", "iid", "shards", "quantity")
-MODELS = ("simple-cnn", "cnn", "resnet18")
 TRAINERS = ("batched", "sequential")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -82,6 +83,28 @@ KEYS: tuple[Key, ...] = (
          "Fault injection for tests: chance that a client's training raises (seeded)."),
 )
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
+
+RESUMABLE_KEYS: frozenset[str] = frozenset({
+    "resume",               # is what resuming means
+    "run-dir",              # the directory may have been moved or renamed
+    "num-server-rounds",    # extend a finished run, or shorten one not yet past the new end
+    "eval-every",           # which rounds are evaluated, never what is trained
+    "checkpoint-every",     # when checkpoints are written, never what is trained
+    "device",               # continue a GPU run on another machine (numerics may differ)
+    "data-root",            # the same data may live somewhere else now
+    "max-batched-clients",  # a memory knob: lower it after running out of GPU memory
+})
+"""Config keys that may differ between a checkpoint and the run that resumes it.
+
+Every other key changes what is trained, so a checkpoint written under another value of it is
+refused (the message names each differing key and both values).
+"""
+
+HARMLESS_KEYS: frozenset[str] = frozenset(
+    {"run-dir", "resume", "device", "data-root", "max-batched-clients", "checkpoint-every"})
+"""Keys that change neither what a run trains nor what it records (bookkeeping, and where or
+how fast it runs): ``compare`` lets a cell's directory differ from the grid in these."""
+assert HARMLESS_KEYS <= RESUMABLE_KEYS <= set(KEYS_BY_NAME)
 
 
 def _attr(name: str) -> str:

@@ -11,7 +11,8 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from fedwsa.config import MODELS
+MODELS = ("simple-cnn", "cnn", "resnet18")
+"""Architectures by name (the ``model`` key)."""
 
 
 class SimpleCNN(nn.Module):

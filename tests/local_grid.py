@@ -1,4 +1,5 @@
-"""``fedwsa.inprocess.InProcessGrid`` with test-only faults: a crash mid-round, failing nodes.
+"""``fedwsa.server.inprocess.InProcessGrid`` with test-only faults: a crash mid-round,
+failing nodes.
 
 It lets tests drive ``run_federation`` (the real round loop, run directory and checkpoints) in
 the test process, in seconds instead of a Ray start per run. Tests that need the real engine
@@ -11,8 +12,8 @@ from collections.abc import Callable, Iterable
 
 from flwr.app import Error, Message
 
-from fedwsa.inprocess import InProcessGrid
 from fedwsa.protocol import unpack_request
+from fedwsa.server.inprocess import InProcessGrid
 
 
 class Crash(Exception):

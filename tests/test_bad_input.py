@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import fedwsa.cli
-from fedwsa.checkpoint import Checkpoint, capture_rng, save_checkpoint
 from fedwsa.cli import main
 from fedwsa.config import make_config
-from fedwsa.server_app import run_federation
+from fedwsa.server.app import run_federation
+from fedwsa.server.checkpoint import Checkpoint, capture_rng, save_checkpoint
 
 SMALL = "dataset='synthetic' num-clients=4 num-server-rounds=2"
 CIFAR = "dataset='cifar10' num-clients=4 num-server-rounds=2"

@@ -17,8 +17,8 @@ from fedwsa.algorithms.cart import CartMerge, cart_seed
 from fedwsa.algorithms.fedavg import WeightedMean
 from fedwsa.algorithms.wsa import WsaTarget
 from fedwsa.config import make_config
-from fedwsa.inprocess import InProcessGrid, run_in_process, server_identity
-from fedwsa.merging import cart, weighted_average
+from fedwsa.maths.merging import cart, weighted_average
+from fedwsa.maths.scope import fuse_scopes, model_scopes, stacked_scopes
 from fedwsa.protocol import (
     TrainReply,
     TrainRequest,
@@ -27,8 +27,8 @@ from fedwsa.protocol import (
     unpack_reply,
     unpack_request,
 )
-from fedwsa.scope import fuse_scopes, model_scopes, stacked_scopes
-from fedwsa.server_app import run_federation
+from fedwsa.server.app import run_federation
+from fedwsa.server.inprocess import InProcessGrid, run_in_process, server_identity
 from fedwsa.strategies import build_strategy
 
 Cart = FedWSACart = build_strategy
@@ -286,7 +286,7 @@ def test_fedwsa_cart_end_to_end_sends_the_fused_target_and_the_cart_model(tmp_pa
 
 def test_fedwsa_cart_runs_end_to_end_with_flower(tmp_path: Path) -> None:
     """A real Flower simulation of fedwsa-cart: all rounds run, clients train, a model is saved."""
-    from fedwsa.cli import simulate
+    from fedwsa.server.simulation import simulate
 
     config = make_config({**TINY, "strategy": "fedwsa-cart", "wsa-beta": 0.1,
                           "cart-rank": 0.16, "cart-lambda": 1.5, "run-dir": str(tmp_path / "r")})

@@ -17,10 +17,12 @@ import pytest
 import torch
 from local_grid import Crash, LocalGrid
 
-import fedwsa.server_app
-from fedwsa.checkpoint import (
+import fedwsa.server.app
+from fedwsa.cli import main
+from fedwsa.config import RESUMABLE_KEYS, make_config
+from fedwsa.results.rundir import RunWriter
+from fedwsa.server.checkpoint import (
     CHECKPOINT_FILE,
-    RESUMABLE_KEYS,
     Checkpoint,
     CheckpointError,
     capture_rng,
@@ -30,9 +32,7 @@ from fedwsa.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from fedwsa.cli import main, simulate
-from fedwsa.config import make_config
-from fedwsa.rundir import RunWriter
+from fedwsa.server.simulation import simulate
 from fedwsa.strategies import CohortStrategy
 
 TIMING_KEYS = {"elapsed-s", "node-train-s"}  # wall-clock numbers, different in every run
@@ -215,22 +215,22 @@ def test_resume_in_process_equals_uninterrupted_run(
         strategies.append(NoisyMomentum(config))
         return strategies[-1]
 
-    monkeypatch.setattr(fedwsa.server_app, "build_strategy", build)
+    monkeypatch.setattr(fedwsa.server.app, "build_strategy", build)
     base = make_config({**SMALL, "checkpoint-every": 2, "num-server-rounds": 4})
 
-    ref = fedwsa.server_app.run_federation(LocalGrid([1, 2]),
+    ref = fedwsa.server.app.run_federation(LocalGrid([1, 2]),
                                            base.replace(run_dir=str(tmp_path / "ref")))
     run = str(tmp_path / "run")
-    fedwsa.server_app.run_federation(LocalGrid([1, 2]),
+    fedwsa.server.app.run_federation(LocalGrid([1, 2]),
                                      base.replace(run_dir=run, num_server_rounds=2))
     assert json.loads((Path(run) / "result.json").read_text())["rounds"] == 2
     with pytest.raises(Crash):  # extend to 4 rounds; the process dies during round 4
-        fedwsa.server_app.run_federation(LocalGrid([1, 2], crash_at=4),
+        fedwsa.server.app.run_federation(LocalGrid([1, 2], crash_at=4),
                                          base.replace(run_dir=run, resume=True))
     assert [r["round"] for r in metrics(Path(run))] == [0, 1, 2, 3]
     assert load_checkpoint(run).round == 2
     grid = LocalGrid([1, 2])
-    fedwsa.server_app.run_federation(grid, base.replace(run_dir=run, resume=True))
+    fedwsa.server.app.run_federation(grid, base.replace(run_dir=run, resume=True))
 
     assert grid.rounds == [3, 4]
     assert without_timing(metrics(Path(run))) == without_timing(metrics(ref))

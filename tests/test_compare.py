@@ -27,8 +27,9 @@ from matplotlib.figure import Figure
 
 import fedwsa
 from fedwsa import cli
-from fedwsa.compare import GridSpec, build_spec, expand, parse_sweep
 from fedwsa.data import SYNTHETIC_TRAIN
+from fedwsa.experiments.compare import GridSpec, build_spec, expand, parse_sweep
+from fedwsa.server import simulation
 
 STRATEGIES = ("fedavg", "fedwsa")
 SEEDS = (1, 2)
@@ -53,12 +54,12 @@ def run_main(argv: list[str]) -> SimpleNamespace:
 
 
 class SimulateSpy:
-    """Stands in for ``cli.simulate``: records each config and runs it for real (or refuses)."""
+    """Stands in for ``simulation.simulate``: records each config, runs it (or refuses)."""
 
     def __init__(self, real: bool = True) -> None:
         self.real = real
         self.configs: list[Any] = []
-        self._simulate = cli.simulate
+        self._simulate = simulation.simulate
 
     def __call__(self, config: Any, num_supernodes: int = 1, num_gpus: float = 0.0) -> Path:
         self.configs.append(config)
@@ -81,7 +82,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     out = tmp_path_factory.mktemp("compare") / "exp"
     spy = SimulateSpy()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "simulate", spy)
+        mp.setattr(simulation, "simulate", spy)
         result = run_main(compare_argv(out))
     return SimpleNamespace(out=out, spy=spy, **vars(result))
 
@@ -222,7 +223,7 @@ def test_rerun_skips_finished_runs(
     shutil.copytree(grid.out, exp)
     stamps = {name: (exp / name / "metrics.jsonl").stat().st_mtime_ns for name in CELLS}
     spy = SimulateSpy(real=False)
-    monkeypatch.setattr(cli, "simulate", spy)
+    monkeypatch.setattr(simulation, "simulate", spy)
     result = run_main(compare_argv(exp))
     assert result.rc == 0, result.stderr
     assert spy.configs == []
@@ -254,7 +255,7 @@ def test_interrupted_grid_is_resumed_or_restarted(
     # like the 2-round cell it belongs to (num-server-rounds may change on resume).
     shutil.rmtree(resumed)
     cell = make_config({**parse_overrides(BASE), "strategy": "fedavg", "seed": 1})
-    cli.simulate(cell.replace(num_server_rounds=1, run_dir=str(resumed)))
+    simulation.simulate(cell.replace(num_server_rounds=1, run_dir=str(resumed)))
     (resumed / "config.json").write_text(json.dumps(cell.replace(run_dir=str(resumed)).to_dict()))
     (resumed / "result.json").unlink()
     (resumed / "model.pt").unlink()
@@ -269,7 +270,7 @@ def test_interrupted_grid_is_resumed_or_restarted(
     (restarted / "leftover.txt").write_text("from the interrupted run")
 
     spy = SimulateSpy()
-    monkeypatch.setattr(cli, "simulate", spy)
+    monkeypatch.setattr(simulation, "simulate", spy)
     result = run_main(compare_argv(exp))
     assert result.rc == 0, result.stderr
     assert "2 finished, 1 to resume, 1 to restart, 0 new" in result.stderr
@@ -291,7 +292,7 @@ def test_bad_grid_fails_before_any_run(
     grid: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = SimulateSpy(real=False)
-    monkeypatch.setattr(cli, "simulate", spy)
+    monkeypatch.setattr(simulation, "simulate", spy)
     out = tmp_path / "bad"
     cases = [
         (compare_argv(out, "--sweep", "alpha=0.5,-1"), "'alpha' = -1.0", "(0.0, inf]"),
@@ -371,7 +372,7 @@ def test_package_import_is_light_and_notebook_helpers() -> None:
 @pytest.mark.parametrize("mode", ["bar", "lines"])
 def test_progress_follows_metrics_file(tmp_path: Path, mode: str) -> None:
     """The progress display counts skipped runs whole and the tracked run by its last round."""
-    from fedwsa.progress import GridProgress
+    from fedwsa.experiments.progress import GridProgress
 
     stream = io.StringIO()
     progress = GridProgress(2, 5, stream=stream, mode=mode, poll_s=0.01)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedwsa.cli import simulate
 from fedwsa.config import make_config
+from fedwsa.server.simulation import simulate
 
 TIMING_KEYS = {"elapsed-s", "node-train-s"}  # wall-clock numbers, different in every run
 

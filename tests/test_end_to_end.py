@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedwsa.cli import simulate
 from fedwsa.config import make_config
+from fedwsa.server.simulation import simulate
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -7,8 +7,8 @@ import itertools
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from fedwsa import server_app
-from fedwsa.server_app import exchange
+from fedwsa.server import app as server_app
+from fedwsa.server.app import exchange
 
 
 class SlowGrid:

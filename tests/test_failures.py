@@ -23,7 +23,7 @@ from fedwsa.clients.trainer import CohortTask, LocalSettings
 from fedwsa.config import make_config
 from fedwsa.models import build_model
 from fedwsa.protocol import TrainReply, from_arrays, pack_reply, to_arrays, unpack_reply
-from fedwsa.server_app import run_federation
+from fedwsa.server.app import run_federation
 from fedwsa.strategies import CohortStrategy
 
 SIZES = (30, 12, 41, 7, 25, 18)

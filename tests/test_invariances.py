@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedwsa.config import make_config
-from fedwsa.inprocess import run_in_process
+from fedwsa.server.inprocess import run_in_process
 
 TINY = {"dataset": "synthetic", "num-clients": 20, "fraction-train": 0.15, "seed": 5,
         "num-server-rounds": 2, "device": "cpu", "lr": 0.05}

@@ -1,4 +1,4 @@
-"""Tests for fedwsa.merging against numpy references (METHODS.md section 2)."""
+"""Tests for fedwsa.maths.merging against numpy references (METHODS.md section 2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedwsa.merging import cart, finite_clients, weighted_average
+from fedwsa.maths.merging import cart, finite_clients, weighted_average
 
 SHAPES = {
     "conv.weight": (16, 8, 3, 3),
@@ -291,7 +291,7 @@ def test_one_client_or_zero_lambda_gives_average(svd: str) -> None:
 def test_exact_cart_in_client_chunks_matches_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     """The exact path converts clients to float64 in chunks; one client per chunk changes
     nothing (tall fc1 and wide conv/fc2 matrices both covered)."""
-    import fedwsa.merging as merging
+    import fedwsa.maths.merging as merging
 
     st = _stacked(5, 16, dtype=torch.float32)
     w = torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0])

@@ -1,4 +1,4 @@
-"""Tests for fedwsa.scope against independent references (METHODS.md section 1)."""
+"""Tests for fedwsa.maths.scope against independent references (METHODS.md section 1)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from fedwsa.scope import (
+from fedwsa.maths.scope import (
     FUSION_RULES,
     align_to_scope,
     fuse_scopes,

@@ -16,8 +16,8 @@ from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedYogi
 
 from fedwsa.cli import main as cli_main
 from fedwsa.config import ConfigError, make_config
-from fedwsa.inprocess import run_in_process
 from fedwsa.protocol import from_arrays, to_arrays
+from fedwsa.server.inprocess import run_in_process
 from fedwsa.strategies import build_strategy
 
 SIZES = {c: 10 + 7 * c for c in range(10)}

@@ -19,8 +19,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
-from fedwsa.plots import group_curves, plot_accuracy_and_loss, plot_runs, save_figure
-from fedwsa.results import (
+from fedwsa.results.files import (
     find_runs,
     group_runs,
     infer_swept_keys,
@@ -30,7 +29,8 @@ from fedwsa.results import (
     write_json_atomic,
     write_text_atomic,
 )
-from fedwsa.summary import summarize, to_csv, to_markdown, write_summary
+from fedwsa.results.plots import group_curves, plot_accuracy_and_loss, plot_runs, save_figure
+from fedwsa.results.summary import summarize, to_csv, to_markdown, write_summary
 
 # Test accuracy per evaluated round 0..3 (round 0 = before training), per strategy and seed.
 ACC = {
@@ -209,7 +209,7 @@ def test_atomic_writes_leave_no_temp_files(tmp_path: Path) -> None:
 
 def test_reading_modules_do_not_import_training_stack() -> None:
     code = (
-        "import sys, fedwsa.results, fedwsa.summary, fedwsa.plots; "
+        "import sys, fedwsa.results.files, fedwsa.results.summary, fedwsa.results.plots; "
         "bad = [m for m in ('torch', 'flwr') if m in sys.modules]; "
         "print(','.join(bad))"
     )

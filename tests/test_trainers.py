@@ -15,8 +15,8 @@ from fedwsa.clients.batched import BatchedTrainer, plan_chunks
 from fedwsa.clients.node import NodeData
 from fedwsa.clients.sequential import SequentialTrainer
 from fedwsa.clients.trainer import CohortTask, LocalSettings
+from fedwsa.maths.scope import model_scopes, regularised_names
 from fedwsa.models import build_model
-from fedwsa.scope import model_scopes, regularised_names
 
 SIZES = (37, 5, 64, 1, 20)  # ragged: short last batches, a 1-example client, an exact multiple
 

@@ -21,10 +21,10 @@ from torch import nn
 
 from fedwsa.algorithms.base import own_arrays
 from fedwsa.cli import main as cli_main
-from fedwsa.cli import simulate
 from fedwsa.config import ConfigError, make_config
 from fedwsa.models import build_model
 from fedwsa.protocol import from_arrays, to_arrays, unpack_request
+from fedwsa.server.simulation import simulate
 from fedwsa.strategies import CohortStrategy, build_strategy
 
 SIMPLE_CNN_LAYERS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
@@ -327,7 +327,7 @@ def test_beta_positive_shrinks_the_sigma_spread(fedavg_run: Path, tmp_path: Path
 
 def test_target_survives_a_checkpoint_and_resume(tmp_path: Path, one_thread: None) -> None:
     """Stop after round 2 and resume to round 3: the same rows as the uninterrupted run."""
-    from fedwsa.inprocess import run_in_process
+    from fedwsa.server.inprocess import run_in_process
 
     keys = {**E2E, "strategy": "fedwsa", "wsa-beta": 0.5, "num-server-rounds": 3}
     full = run_in_process(make_config({**keys, "run-dir": str(tmp_path / "full")}))

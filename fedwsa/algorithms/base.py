@@ -6,8 +6,14 @@ trainers call the same hooks, so an algorithm is written once:
 
 - ``loss``: an extra loss term for ONE client, a pure function of that client's weights
   (no data-dependent Python control flow), so the batched trainer runs it under ``vmap``;
+- ``correct_grad``: an in-place change of the gradient before each SGD step (a term whose
+  gradient has a closed form, e.g. FedProx's mu (theta - theta_g), is cheaper here than through
+  autograd under ``vmap``);
 - ``after_step``: an in-place change of the weights after each SGD step (SCAFFOLD's
-  correction), written with broadcasting so it works on one client or a stack of clients;
+  correction);
+
+``correct_grad`` and ``after_step`` are written with broadcasting, so they work on one client's
+tensors (sequential trainer) and on a stack of clients (batched trainer);
 - ``outputs``: per-client arrays returned to the server at the end of local training.
 
 Each hook sees only its own inputs: the arrays the server part sent for every client
@@ -72,6 +78,11 @@ class ClientTerm:
              shared: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> Tensor | None:
         """An extra loss for one client, added to its mean cross-entropy (None: none)."""
         return None
+
+    def correct_grad(self, grads: Mapping[str, Tensor], params: Mapping[str, Tensor],
+                     global_params: Mapping[str, Tensor], shared: Mapping[str, Tensor],
+                     own: Mapping[str, Tensor]) -> None:
+        """Change the loss gradient in place before each local SGD step (no autograd)."""
 
     def after_step(self, params: Mapping[str, Tensor], shared: Mapping[str, Tensor],
                    own: Mapping[str, Tensor], lr: float) -> None:

@@ -1,6 +1,6 @@
 """CART, centred low-rank aggregation (METHODS.md section 2) as a merge rule.
 
-Replaces the weighted mean with ``fedwsa.merging.cart`` of the round's clients.
+Replaces the weighted mean with ``fedwsa.maths.merging.cart`` of the round's clients.
 
 Choices this module makes where METHODS.md leaves them open:
 
@@ -22,7 +22,7 @@ import numpy as np
 from fedwsa.algorithms.base import ClientUpdates, Merge, Tensors
 from fedwsa.device import resolve_device
 from fedwsa.keys import boolean, choice, key, number
-from fedwsa.merging import SVD_METHODS, cart
+from fedwsa.maths.merging import SVD_METHODS, cart
 
 if TYPE_CHECKING:
     from fedwsa.config import Config

@@ -7,7 +7,7 @@ FedAvg itself is this merge with no client term and no server optimiser.
 from __future__ import annotations
 
 from fedwsa.algorithms.base import ClientUpdates, Merge, Tensors
-from fedwsa.merging import weighted_average
+from fedwsa.maths.merging import weighted_average
 
 
 class WeightedMean(Merge):

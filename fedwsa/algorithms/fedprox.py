@@ -4,6 +4,12 @@
 
 mu = ``prox-mu`` (0.01 by default, NIID-Bench's value for CIFAR-10); mu = 0 is FedAvg. The
 server sends mu with the cohort as a shared input, so a later stacked grid can vary it.
+
+The term enters as its gradient, mu (theta - theta_g), added to the loss gradient before each
+SGD step: the same step as differentiating the loss above (tests/test_reference_trainer.py
+checks it against a hand-written loop that does), without autograd through ``vmap`` for it,
+which made a batched FedProx round ~8% slower than FedAvg's; this way it is three ``_foreach``
+calls per step. The reported train loss is the cross-entropy, as for every strategy.
 """
 
 from __future__ import annotations
@@ -27,19 +33,17 @@ KEYS = (
 )
 
 
-def proximal_term(params: Mapping[str, Tensor], global_params: Mapping[str, Tensor],
-                  mu: Tensor) -> Tensor:
-    """mu/2 * sum over every parameter of ||theta - theta_g||^2 (vmap-able)."""
-    total = sum(((params[n] - global_params[n]) ** 2).sum() for n in params)
-    return 0.5 * mu * total
-
-
 class ProxTerm(ClientTerm):
     name = NAME
 
-    def loss(self, params: Mapping[str, Tensor], global_params: Mapping[str, Tensor],
-             shared: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> Tensor:
-        return proximal_term(params, global_params, shared["mu"])
+    def correct_grad(self, grads: Mapping[str, Tensor], params: Mapping[str, Tensor],
+                     global_params: Mapping[str, Tensor], shared: Mapping[str, Tensor],
+                     own: Mapping[str, Tensor]) -> None:
+        """grad += mu (theta - theta_g), the gradient of mu/2 ||theta - theta_g||^2."""
+        names = list(grads)
+        diff = torch._foreach_sub([params[n] for n in names], [global_params[n] for n in names])
+        torch._foreach_mul_(diff, shared["mu"])
+        torch._foreach_add_([grads[n] for n in names], diff)
 
 
 class ProxServer(ServerPart):

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from fedwsa.algorithms.base import ClientInputs, ClientTerm, ClientUpdates, ServerPart, Tensors
 from fedwsa.keys import ConfigError, any_string, boolean, choice, key, number
-from fedwsa.scope import (
+from fedwsa.maths.scope import (
     FUSION_RULES,
     align_to_scope,
     fuse_scopes,

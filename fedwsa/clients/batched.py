@@ -205,20 +205,25 @@ class BatchedTrainer:
         self.workers = max(1, cpu_workers or torch.get_num_threads()) if on_cpu else 1
         self.precision = precision
         self.terms = list(terms or [])
+        # Only terms that add a loss enter the vmapped step (and only then do the global model
+        # and the inputs): a plain FedAvg step stays as small as it was before terms existed.
+        self._loss_terms = [t for t in self.terms if type(t).loss is not ClientTerm.loss]
         # functional_call swaps the weights into the module while it runs, so every worker
         # thread needs a module of its own.
         self._grads = [self._vmapped_grad(copy.deepcopy(self.model) if w else self.model)
                        for w in range(self.workers)]
 
     def _vmapped_grad(self, model: nn.Module) -> Callable[..., Any]:
-        """Per client: weights, images, labels, sample weights, the terms' own inputs.
-        Shared: the global model and the terms' shared inputs."""
-        return vmap(grad(functools.partial(self._loss, model), has_aux=True),
-                    in_dims=(0, 0, 0, 0, None, None, 0))
+        """Per client: weights, images, labels, sample weights (and the terms' own inputs).
+        Shared: the global model and the terms' shared inputs (when a term adds a loss)."""
+        in_dims = (0, 0, 0, 0, None, None, 0) if self._loss_terms else (0, 0, 0, 0)
+        return vmap(grad(functools.partial(self._loss, model), has_aux=True), in_dims=in_dims)
 
     def _loss(self, model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
-              y: torch.Tensor, w: torch.Tensor, global_params: dict[str, torch.Tensor],
-              shared: TermArrays, own: TermArrays) -> tuple[torch.Tensor, torch.Tensor]:
+              y: torch.Tensor, w: torch.Tensor,
+              global_params: dict[str, torch.Tensor] | None = None,
+              shared: TermArrays | None = None, own: TermArrays | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """One client's objective on one (padded) batch: weighted CE + the terms' losses."""
         autocast = (torch.autocast(self.data.device.type, dtype=torch.bfloat16)
                     if self.precision == "bf16" else contextlib.nullcontext())
@@ -226,7 +231,8 @@ class BatchedTrainer:
             logits = functional_call(model, params, (x,))
         ce = F.cross_entropy(logits.float(), y, reduction="none")
         loss = (ce * w).sum()
-        for term in self.terms:
+        for term in self._loss_terms:
+            assert global_params is not None and shared is not None and own is not None
             extra = term.loss(params, global_params, shared[term.name], own[term.name])
             if extra is not None:
                 loss = loss + extra
@@ -311,6 +317,8 @@ class BatchedTrainer:
                   for n, v in rnd.global_params.items()}
         bufs = {n: torch.zeros_like(v) for n, v in params.items()}
         steps_after = [t for t in self.terms if type(t).after_step is not ClientTerm.after_step]
+        corrections = [t for t in self.terms
+                       if type(t).correct_grad is not ClientTerm.correct_grad]
         ce_sum = torch.zeros(K, T, device=dev)  # per client and step: CE summed over the batch
         for t, k in enumerate(layout.active):
             idx = layout.indices[:k, t]
@@ -321,13 +329,16 @@ class BatchedTrainer:
             )
             active = [params[n][:k] for n in names]  # views: updated in place below
             own_k = {name: {a: v[:k] for a, v in arrays.items()} for name, arrays in own.items()}
+            extra = (rnd.global_params, rnd.shared, own_k) if self._loss_terms else ()
             grads, ce = grad_fn(dict(zip(names, active, strict=True)), x,
-                                layout.labels[:k, t], layout.sample_weight[:k, t],
-                                rnd.global_params, rnd.shared, own_k)
+                                layout.labels[:k, t], layout.sample_weight[:k, t], *extra)
             with torch.no_grad():
                 ce_sum[:k, t] = (ce * layout.loss_mask[:k, t]).sum(dim=1)
                 # torch.optim.SGD (dampening 0, no Nesterov): g += wd p; buf = m buf + g;
                 # p -= lr buf. A zero buffer makes the first step buf = g, as in SGD.
+                for term in corrections:
+                    term.correct_grad(grads, dict(zip(names, active, strict=True)),
+                                      rnd.global_params, rnd.shared[term.name], own_k[term.name])
                 g = [grads[n] for n in names]
                 if s.weight_decay:
                     torch._foreach_add_(g, active, alpha=s.weight_decay)

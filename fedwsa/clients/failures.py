@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fedwsa.clients.trainer import CohortResult, CohortTask, Trainer
-from fedwsa.merging import finite_clients
+from fedwsa.maths.merging import finite_clients
 
 log = logging.getLogger(__name__)
 

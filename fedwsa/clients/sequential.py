@@ -108,6 +108,11 @@ class SequentialTrainer:
                         loss = loss + extra
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                with torch.no_grad():
+                    grads = {n: p.grad for n, p in params.items() if p.grad is not None}
+                    for term in self.terms:
+                        term.correct_grad(grads, params, global_params, shared[term.name],
+                                          own[term.name])
                 opt.step()
                 with torch.no_grad():
                     for term in self.terms:

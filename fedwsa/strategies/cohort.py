@@ -24,10 +24,16 @@ from flwr.serverapp.strategy import Strategy
 from fedwsa.algorithms import ClientInputs, ClientUpdates, compose
 from fedwsa.algorithms.base import namespaced
 from fedwsa.config import Config
-from fedwsa.merging import finite_clients
+from fedwsa.maths.merging import finite_clients
+from fedwsa.maths.scope import (
+    model_scopes,
+    regularised_names,
+    scope_kl,
+    sigma_spread,
+    stacked_scopes,
+)
 from fedwsa.models import build_model
 from fedwsa.protocol import TrainRequest, from_arrays, pack_request, to_arrays, unpack_reply
-from fedwsa.scope import model_scopes, regularised_names, scope_kl, sigma_spread, stacked_scopes
 
 
 def model_parameters(config: Config) -> dict[str, torch.Tensor]:

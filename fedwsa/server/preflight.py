@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedwsa.checkpoint import Checkpoint, check_compatible, load_checkpoint
 from fedwsa.config import Config, ConfigError, make_config
-from fedwsa.rundir import CONFIG_FILE, default_run_dir, run_state
+from fedwsa.results.rundir import CONFIG_FILE, default_run_dir, run_state
+from fedwsa.server.checkpoint import Checkpoint, check_compatible, load_checkpoint
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def _missing_dirs_are_bad_input() -> Iterator[None]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fedwsa.compare import (
+    from fedwsa.experiments.compare import (
         build_spec,
         describe_plan,
         parse_list,
@@ -102,7 +102,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    from fedwsa.summary import write_summary
+    from fedwsa.results.summary import write_summary
 
     exp = Path(args.dir)
     with _missing_dirs_are_bad_input():
@@ -121,7 +121,7 @@ def default_plot_stem(dirs: list[str], metric: str | None) -> Path:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from fedwsa.plots import plot_accuracy_and_loss, plot_runs, save_figure
+    from fedwsa.results.plots import plot_accuracy_and_loss, plot_runs, save_figure
 
     include = not args.finished_only
     with _missing_dirs_are_bad_input():

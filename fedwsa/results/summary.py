@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fedwsa.results import (
+from fedwsa.results.files import (
     PathLike,
     find_runs,
     group_runs,

@@ -1,9 +1,10 @@
 """One-call helpers for notebooks: ``fedwsa.plot``, ``summarize``, ``partition_heatmap``.
 
-They wrap ``fedwsa.plots``, ``fedwsa.summary`` and ``fedwsa.partitions`` with the defaults of
-the ``fedwsa plot|summarize|partitions`` commands, and return objects that display themselves
-in Jupyter (a matplotlib ``Figure``; a summary that renders as a Markdown table). Importing this
-module does not import torch or Flower; only ``partition_heatmap`` loads data (and torch).
+They wrap ``fedwsa.results.plots``, ``fedwsa.results.summary`` and ``fedwsa.partitions``
+with the defaults of the ``fedwsa plot|summarize|partitions`` commands, and return objects
+that display themselves in Jupyter (a matplotlib ``Figure``; a summary that renders as a
+Markdown table). Importing this module does not import torch or Flower; only
+``partition_heatmap`` loads data (and torch).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from fedwsa.results import PathLike
+from fedwsa.results.files import PathLike
 
 
 class Summary(list):
@@ -22,7 +23,7 @@ class Summary(list):
 
     @property
     def markdown(self) -> str:
-        from fedwsa.summary import to_markdown
+        from fedwsa.results.summary import to_markdown
 
         return to_markdown(self)
 
@@ -31,7 +32,7 @@ class Summary(list):
 
     def to_csv(self, path: PathLike) -> Path:
         """Write the rows as CSV (same columns as ``fedwsa summarize``)."""
-        from fedwsa.summary import to_csv
+        from fedwsa.results.summary import to_csv
 
         return to_csv(self, path)
 
@@ -62,7 +63,7 @@ def plot(
     ``metrics.jsonl`` key. ``out`` (a path without suffix) also saves ``.png`` and ``.svg``.
     Example: ``fedwsa.plot("runs/exp1")``.
     """
-    from fedwsa.plots import plot_accuracy_and_loss, plot_runs, save_figure
+    from fedwsa.results.plots import plot_accuracy_and_loss, plot_runs, save_figure
 
     dirs = _flatten(paths)
     if metric is None:
@@ -85,7 +86,7 @@ def summarize(
     Example: ``fedwsa.summarize("runs/exp1")`` shows a table; ``[0]["final-acc-mean"]`` reads
     a number.
     """
-    from fedwsa.summary import summarize as summary_rows
+    from fedwsa.results.summary import summarize as summary_rows
 
     return Summary(summary_rows(_flatten(paths), target, include_unfinished=include_unfinished))
 

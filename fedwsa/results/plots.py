@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fedwsa.results import (
+from fedwsa.results.files import (
     GroupKey,
     PathLike,
     find_runs,

@@ -16,21 +16,21 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedwsa.checkpoint import (
+from fedwsa.config import Config, make_config
+from fedwsa.data import load_dataset
+from fedwsa.device import resolve_device
+from fedwsa.models import build_model, check_functional
+from fedwsa.protocol import from_arrays, to_arrays
+from fedwsa.results.rundir import RunWriter
+from fedwsa.server.checkpoint import (
     Checkpoint,
     capture_rng,
     restore_rng,
     save_checkpoint,
     seed_global_rngs,
 )
-from fedwsa.config import Config, make_config
-from fedwsa.data import load_dataset
-from fedwsa.device import resolve_device
-from fedwsa.evaluation import evaluate
-from fedwsa.models import build_model, check_functional
-from fedwsa.preflight import preflight
-from fedwsa.protocol import from_arrays, to_arrays
-from fedwsa.rundir import RunWriter
+from fedwsa.server.evaluation import evaluate
+from fedwsa.server.preflight import preflight
 from fedwsa.strategies import build_strategy
 
 NODE_WAIT_S = 600.0

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from fedwsa.results import is_number, read_metrics
+from fedwsa.results.files import is_number, read_metrics
 
 POLL_S = 0.5
 

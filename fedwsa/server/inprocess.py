@@ -85,8 +85,8 @@ def server_identity() -> Iterator[None]:
 
 def run_in_process(config: Config, num_nodes: int = 1) -> Path:
     """``run_federation`` over an :class:`InProcessGrid`; returns the run directory."""
-    from fedwsa.rundir import default_run_dir
-    from fedwsa.server_app import run_federation
+    from fedwsa.results.rundir import default_run_dir
+    from fedwsa.server.app import run_federation
 
     if not config.run_dir:
         config = config.replace(run_dir=str(default_run_dir(config)))

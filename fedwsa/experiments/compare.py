@@ -6,8 +6,8 @@ the swept keys, and lands in its own run directory under one experiment director
 
     EXP/grid.json                      the grid: strategies, seeds, sweep, base, cells
     EXP/fedavg_alpha=0.1_seed=1/       one run directory per cell (config.json, metrics.jsonl, ...)
-    EXP/summary.md, EXP/summary.csv    written after the grid (``fedwsa.summary``)
-    EXP/curves.png, EXP/curves.svg     test accuracy and loss per round (``fedwsa.plots``)
+    EXP/summary.md, EXP/summary.csv    written after the grid (``fedwsa.results.summary``)
+    EXP/curves.png, EXP/curves.svg     test accuracy and loss per round (``fedwsa.results.plots``)
 
 Why the grid is checked as a whole first: a typo in the fifth strategy must not surface hours
 later, after four strategies' runs. Every cell's config goes through ``make_config`` (and the
@@ -31,8 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from fedwsa.config import KEYS_BY_NAME, Config, ConfigError, make_config
-from fedwsa.results import GRID_FILE, format_value, is_finished, read_config, write_json_atomic
+from fedwsa.config import HARMLESS_KEYS, KEYS_BY_NAME, Config, ConfigError, make_config
+from fedwsa.results.files import (
+    GRID_FILE,
+    format_value,
+    is_finished,
+    read_config,
+    write_json_atomic,
+)
 
 # Keys the grid sets per cell itself; they cannot be shared base keys or swept keys.
 _CELL_KEYS = {
@@ -297,13 +303,6 @@ def grid_record(spec: GridSpec, cells: Sequence[Cell]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-# Keys that may differ between a cell's directory and the grid without changing what the cell
-# trains or records: bookkeeping, and where/how fast it runs.
-_HARMLESS_KEYS = frozenset(
-    {"run-dir", "resume", "device", "data-root", "max-batched-clients", "checkpoint-every"}
-)
-
-
 def _config_differences(cell: Cell) -> dict[str, tuple[Any, Any]]:
     """Keys whose value in the cell directory's ``config.json`` differs from the grid's:
     key -> (there, here). Empty when the directory holds no config."""
@@ -315,7 +314,7 @@ def _config_differences(cell: Cell) -> dict[str, tuple[Any, Any]]:
         return {"config.json": (f"unreadable ({err})", "a readable config")}
     wanted = cell.config.to_dict()
     diff = {}
-    for key in sorted((set(stored) | set(wanted)) - _HARMLESS_KEYS):
+    for key in sorted((set(stored) | set(wanted)) - HARMLESS_KEYS):
         default = KEYS_BY_NAME[key].default if key in KEYS_BY_NAME else None
         old, new = stored.get(key, default), wanted.get(key, default)
         if old != new:
@@ -330,11 +329,11 @@ def make_plan(cells: Sequence[Cell], out: Path) -> Plan:
     under an existing experiment, and mixing the two would make the summary lie. The one
     exception is a larger ``num-server-rounds``: a cell with a checkpoint is then resumed to
     the new end (finished or not), so a grid can be extended. An unusable checkpoint is an
-    error too (``fedwsa.checkpoint`` says why): discarding it silently could throw away days
+    error too (``fedwsa.server.checkpoint`` says why): discarding it silently could throw away days
     of training.
     """
-    from fedwsa.checkpoint import checkpoint_path, load_checkpoint
-    from fedwsa.rundir import run_state
+    from fedwsa.results.rundir import run_state
+    from fedwsa.server.checkpoint import checkpoint_path, load_checkpoint
 
     actions: list[str] = []
     resume_rounds: list[int | None] = []
@@ -383,13 +382,18 @@ def cell_config(cell: Cell, action: str) -> Config:
 
 
 def check_cells(plan: Plan) -> None:
-    """``fedwsa.preflight``'s checks for every cell that will run, before the first one does.
+    """``fedwsa.server.preflight``'s checks for every cell that will run, before the first one does.
 
     Keys, data and partitions, model and strategy, and the run directory (for a resumed cell:
     that its checkpoint loads and matches its config). Data and model checks are shared by the
     cells they cannot tell apart, so a grid costs one dataset load per dataset.
     """
-    from fedwsa.preflight import check_data, check_keys, check_model_and_strategy, check_run_dir
+    from fedwsa.server.preflight import (
+        check_data,
+        check_keys,
+        check_model_and_strategy,
+        check_run_dir,
+    )
 
     classes: dict[tuple[Any, ...], int] = {}
     models: set[str] = set()
@@ -451,12 +455,13 @@ def run_grid(
 ) -> GridResult:
     """Run every unfinished cell of ``spec`` under ``out``, then write summary and figures.
 
-    Cells run one after another in this process through ``fedwsa.cli.simulate`` (Flower's
-    simulation engine starts per run). A cell whose run raises or ends without
-    ``result.json`` is reported in ``GridResult.failed``; the other cells still run.
+    Cells run one after another in this process through ``simulate`` (default:
+    ``fedwsa.server.simulation.simulate``; Flower's simulation engine starts per run). A cell
+    whose run raises or ends without ``result.json`` is reported in ``GridResult.failed``;
+    the other cells still run.
     """
-    from fedwsa import cli
-    from fedwsa.progress import GridProgress
+    from fedwsa.experiments.progress import GridProgress
+    from fedwsa.server import simulation
 
     out = Path(out)
     stream = sys.stderr if stream is None else stream
@@ -481,7 +486,7 @@ def run_grid(
             file=stream, flush=True,
         )  # fmt: skip
 
-    run = simulate or cli.simulate
+    run = simulate or simulation.simulate
     bar = GridProgress(
         len(cells), sum(c.config.num_server_rounds for c in cells), stream=stream, mode=progress
     )
@@ -511,7 +516,7 @@ def run_grid(
     finally:
         bar.close()
 
-    from fedwsa.summary import write_summary
+    from fedwsa.results.summary import write_summary
 
     summary = write_summary(out, target_accuracy)
     figures = _write_figures(out, stream)
@@ -519,7 +524,7 @@ def run_grid(
 
 
 def _write_figures(out: Path, stream: TextIO) -> list[Path]:
-    from fedwsa.plots import plot_accuracy_and_loss, save_figure
+    from fedwsa.results.plots import plot_accuracy_and_loss, save_figure
 
     try:
         fig = plot_accuracy_and_loss([out])

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedwsa.config import Config, ConfigError, make_config, markdown_table, parse_overrides
+from fedwsa.config import (
+    RESUMABLE_KEYS,
+    Config,
+    ConfigError,
+    make_config,
+    markdown_table,
+    parse_overrides,
+)
+from fedwsa.server.simulation import simulate
 
 # Flower's own key=value pattern (flwr.common.config.parse_config_args), which silently drops
 # any text it does not match: a forgotten '=' would otherwise run with the default.
@@ -36,45 +43,17 @@ def _config_from(args: argparse.Namespace) -> Config:
     return make_config(_overrides(args))
 
 
-def simulate(config: Config, num_supernodes: int = 1, num_gpus: float = 0.0,
-             cpus_per_node: int | None = None) -> Path:
-    """Run ``config`` in-process with Flower's simulation engine; returns the run directory.
-
-    Each node gets ``cpus_per_node`` CPUs (default: the machine's CPUs shared out over the
-    nodes). Ray gives a node's process that many torch threads. The batched trainer's CPU
-    results do not depend on it (its ops run single-threaded, one worker thread per CPU); the
-    sequential trainer's are bit-identical only between runs with the same thread count.
-    """
-    from flwr.simulation import run_simulation
-
-    from fedwsa.clients.client_app import app as client_app
-    from fedwsa.rundir import default_run_dir
-    from fedwsa.server_app import make_server_app
-
-    if not config.run_dir:
-        config = config.replace(run_dir=str(default_run_dir(config)))
-    cpus = cpus_per_node or (
-        max(1, (os.cpu_count() or 1) // max(1, num_supernodes)) if num_gpus == 0 else 1)
-    run_simulation(
-        server_app=make_server_app(config),
-        client_app=client_app,
-        num_supernodes=num_supernodes,
-        backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": num_gpus}},
-    )
-    return Path(config.run_dir)
-
-
 def check_inputs(config: Config) -> Config:
-    """Every check of ``fedwsa.preflight`` (data, model, run directory, checkpoint), before
+    """Every check of ``fedwsa.server.preflight`` (data, model, run directory, checkpoint), before
     Flower or Ray start and before anything is written; returns the config with run-dir set."""
-    from fedwsa.preflight import preflight
+    from fedwsa.server.preflight import preflight
 
     return preflight(config).config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
-        from fedwsa.preflight import resume_config
+        from fedwsa.server.preflight import resume_config
 
         config = resume_config(args.resume, _overrides(args))
     else:
@@ -131,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="GPUs per SuperNode in Flower's backend config (1 = a node per GPU)")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue RUN_DIR from its last checkpoint (its config; -c may only "
-                          "change num-server-rounds, eval-every, checkpoint-every, device, "
-                          "data-root, max-batched-clients)")
+                          "change " + ", ".join(sorted(RESUMABLE_KEYS - {"resume", "run-dir"}))
+                          + ")")
     run.set_defaults(func=cmd_run)
 
     parts = sub.add_parser("partitions", help="partition statistics and a heat map")
@@ -143,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="print every config key with its default")
     keys.set_defaults(func=cmd_keys)
 
-    from fedwsa.commands import add_result_commands  # compare, summarize, plot
+    from fedwsa.cli.commands import add_result_commands  # compare, summarize, plot
 
     add_result_commands(sub)
     return parser
@@ -159,5 +138,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())

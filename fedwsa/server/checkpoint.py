@@ -28,27 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedwsa.config import ConfigError
-from fedwsa.results import write_bytes_atomic
+from fedwsa.config import RESUMABLE_KEYS, ConfigError
+from fedwsa.results.files import write_bytes_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
 
-RESUMABLE_KEYS: frozenset[str] = frozenset({
-    "resume",               # is what resuming means
-    "run-dir",              # the directory may have been moved or renamed
-    "num-server-rounds",    # extend a finished run, or shorten one not yet past the new end
-    "eval-every",           # which rounds are evaluated, never what is trained
-    "checkpoint-every",     # when checkpoints are written, never what is trained
-    "device",               # continue a GPU run on another machine (numerics may differ)
-    "data-root",            # the same data may live somewhere else now
-    "max-batched-clients",  # a memory knob: lower it after running out of GPU memory
-})
-"""Config keys that may differ between a checkpoint and the run that resumes it.
 
-Every other key changes what is trained, so a checkpoint written under another value of it is
-refused (the message names each differing key and both values).
-"""
 
 
 class CheckpointError(ConfigError):

@@ -1,0 +1,1 @@
+"""Grids of runs (`fedwsa compare`), their progress display, and the notebook helpers."""

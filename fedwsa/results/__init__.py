@@ -1,0 +1,1 @@
+"""Run directories and what is read from them: metrics, summaries, plots (nothing of training)."""

@@ -1,0 +1,36 @@
+"""Run a config in Flower's simulation engine, in this process (``fedwsa run``, ``compare``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fedwsa.config import Config
+
+
+def simulate(config: Config, num_supernodes: int = 1, num_gpus: float = 0.0,
+             cpus_per_node: int | None = None) -> Path:
+    """Run ``config`` in-process with Flower's simulation engine; returns the run directory.
+
+    Each node gets ``cpus_per_node`` CPUs (default: the machine's CPUs shared out over the
+    nodes). Ray gives a node's process that many torch threads. The batched trainer's CPU
+    results do not depend on it (its ops run single-threaded, one worker thread per CPU); the
+    sequential trainer's are bit-identical only between runs with the same thread count.
+    """
+    from flwr.simulation import run_simulation
+
+    from fedwsa.clients.client_app import app as client_app
+    from fedwsa.results.rundir import default_run_dir
+    from fedwsa.server.app import make_server_app
+
+    if not config.run_dir:
+        config = config.replace(run_dir=str(default_run_dir(config)))
+    cpus = cpus_per_node or (
+        max(1, (os.cpu_count() or 1) // max(1, num_supernodes)) if num_gpus == 0 else 1)
+    run_simulation(
+        server_app=make_server_app(config),
+        client_app=client_app,
+        num_supernodes=num_supernodes,
+        backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": num_gpus}},
+    )
+    return Path(config.run_dir)
