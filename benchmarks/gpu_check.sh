@@ -9,6 +9,8 @@
 # CIFAR-10 does not fit in the transfer beside the wheels, so the data are a CIFAR-10-shaped
 # .npz of random pixels (50,000 + 10,000 images): the same work per round, meaningless accuracy.
 # Figures go to $OUT (default /tmp/gpu-check); on a CPU, DEVICE=cpu with small sizes tries it.
+# STEPS picks steps (default "tests niid speed"); SPEED_ARGS adds speed.py arguments, and
+# STRATEGIES runs speed.py once per strategy preset (default fedavg).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}
@@ -19,6 +21,9 @@ NIID_ROUNDS=${NIID_ROUNDS:-50}
 NIID_LIMIT_S=${NIID_LIMIT_S:-180}
 SPEED_LIMIT_S=${SPEED_LIMIT_S:-240}
 TRAIN_IMAGES=${TRAIN_IMAGES:-50000}
+STEPS=${STEPS:-tests niid speed}
+SPEED_ARGS=${SPEED_ARGS:-}
+STRATEGIES=${STRATEGIES:-fedavg}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [[ -d .whl ]] && ! python3 -c "import flwr" 2>/dev/null; then
@@ -43,10 +48,14 @@ np.savez(sys.argv[1], x_train=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint
          dtype=np.uint8), y_test=rng.integers(0, 10, n // 5))
 EOF
 
+if [[ $STEPS == *tests* ]]; then
 echo "== 1. CUDA tests" | tee "$OUT/tests.txt"
 timeout 120 python3 -m pytest -q -p no:cacheprovider -rs -k "cuda" \
   tests/test_batched.py tests/test_data.py 2>&1 | tee -a "$OUT/tests.txt"
 
+fi
+
+if [[ $STEPS == *niid* ]]; then
 echo "== 2. NIID-Bench setting, $NIID_ROUNDS rounds" | tee "$OUT/niid.txt"
 rm -rf /tmp/niid-run
 start=$(date +%s.%N)
@@ -65,7 +74,15 @@ print(f"rounds done {rows[-1]['round']}, elapsed-s at the last {rows[-1]['elapse
       f"s/round after round 1: {sum(times[1:]) / max(1, len(times) - 1):.2f}")
 EOF
 
-echo "== 3. speed.py, $CLIENTS clients" | tee "$OUT/speed.txt"
-timeout "$SPEED_LIMIT_S" python3 benchmarks/speed.py --device "$DEVICE" --data-root "$data" \
-  --clients "$CLIENTS" --rounds "$ROUNDS" --out "$OUT/speed.json" 2>&1 \
-  | grep -v -i "warn" | tee -a "$OUT/speed.txt"
+fi
+
+if [[ $STEPS == *speed* ]]; then
+for strategy in $STRATEGIES; do
+  echo "== 3. speed.py, $CLIENTS clients, $strategy" | tee -a "$OUT/speed.txt"
+  # shellcheck disable=SC2086  # SPEED_ARGS is a list of arguments
+  timeout "$SPEED_LIMIT_S" python3 benchmarks/speed.py --device "$DEVICE" --data-root "$data" \
+    --clients "$CLIENTS" --rounds "$ROUNDS" --strategy "$strategy" \
+    --out "$OUT/speed-$strategy.json" $SPEED_ARGS 2>&1 \
+    | grep -E "^\(|^speedup|^config|^done|rror" | tee -a "$OUT/speed.txt"
+done
+fi

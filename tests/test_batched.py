@@ -9,6 +9,7 @@ from fakes import FakeGrid
 from flwr.app import Context, RecordDict
 from torch import nn
 
+from fedwsa.algorithms import client_terms
 from fedwsa.clients.batched import BatchedTrainer, layout_chunk, plan_chunks
 from fedwsa.clients.client_app import train
 from fedwsa.clients.node import NodeData, node_data
@@ -18,7 +19,7 @@ from fedwsa.config import make_config
 from fedwsa.data import load_dataset
 from fedwsa.models import build_model
 from fedwsa.protocol import from_arrays, to_arrays, unpack_reply
-from fedwsa.strategies import CohortStrategy
+from fedwsa.strategies import CohortStrategy, build_strategy
 
 # 6 of 40 clients (77..139 examples, 3-5 steps each) over two nodes.
 ROUND = {"dataset": "synthetic", "num-clients": 40, "fraction-train": 0.15, "seed": 4,
@@ -243,21 +244,27 @@ def test_cpu_workers_share_the_clients_and_run_single_threaded(
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_batched_trainer_matches_the_cpu_sequential_trainer() -> None:
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedwsa"])
+def test_cuda_batched_trainer_matches_the_cpu_sequential_trainer(strategy: str) -> None:
     """On a GPU the batched trainer keeps vmap's grouped convolutions (cuDNN) and no worker
-    threads; its clients must still be the CPU reference's up to float noise (TF32 off)."""
+    threads; its clients must still be the CPU reference's up to float noise (TF32 off), with
+    the algorithms' client terms too (inputs sent from the CPU, as the ClientApp gets them)."""
     sizes = (40, 17, 33, 8)
     cpu = tiny_node(sizes)
     gpu = NodeData(torch.device("cuda"), cpu.images.cuda(), cpu.labels.cuda(), cpu.mean.cuda(),
                    cpu.std.cuda(), cpu.num_classes, tuple(p.cuda() for p in cpu.partitions))
     model = build_model("simple-cnn", cpu.num_classes, seed=0)
     g = initial(model)
-    task = CohortTask(1, list(range(len(sizes))), g)
-    ref = SequentialTrainer(model, cpu, settings()).train(task)
+    config = make_config({"strategy": strategy, "prox-mu": 0.5, "wsa-beta": 0.5})
+    strategy_ = build_strategy(config)
+    ids = list(range(len(sizes)))
+    task = CohortTask(1, ids, g, strategy_.client_inputs(1, g, ids))
+    terms = client_terms(config, g)
+    ref = SequentialTrainer(model, cpu, settings(), terms).train(task)
     allow_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        trainer = BatchedTrainer(model, gpu, settings())
+        trainer = BatchedTrainer(model, gpu, settings(), terms=terms)
         bat = trainer.train(task)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = allow_tf32

@@ -1,4 +1,4 @@
-"""``fedwsa compare|summarize|plot`` end to end, on a real (small) grid run through Flower.
+"""``fedwsa compare|summarize|plot`` end to end, on a real (small) grid run with in-process nodes.
 
 One module-scoped grid (fedavg and fedwsa x seeds 1, 2 x 2 rounds on the synthetic set, 4
 clients) is run for real through ``fedwsa.cli.main(["compare", ...])``; the other tests read
@@ -30,6 +30,7 @@ from fedwsa import cli
 from fedwsa.data import SYNTHETIC_TRAIN
 from fedwsa.experiments.compare import GridSpec, build_spec, expand, parse_sweep
 from fedwsa.server import simulation
+from fedwsa.server.inprocess import run_in_process
 
 STRATEGIES = ("fedavg", "fedwsa")
 SEEDS = (1, 2)
@@ -54,18 +55,19 @@ def run_main(argv: list[str]) -> SimpleNamespace:
 
 
 class SimulateSpy:
-    """Stands in for ``simulation.simulate``: records each config, runs it (or refuses)."""
+    """Stands in for ``simulation.simulate``: records each config and runs it for real with
+    in-process nodes (the grid logic does not need Ray; tests/test_end_to_end.py covers Flower's
+    simulation engine), or refuses."""
 
     def __init__(self, real: bool = True) -> None:
         self.real = real
         self.configs: list[Any] = []
-        self._simulate = simulation.simulate
 
     def __call__(self, config: Any, num_supernodes: int = 1, num_gpus: float = 0.0) -> Path:
         self.configs.append(config)
         if not self.real:
             raise AssertionError(f"simulate must not be called (got {config.run_dir})")
-        return self._simulate(config, num_supernodes, num_gpus)
+        return run_in_process(config, num_nodes=num_supernodes)
 
 
 def metrics(run: Path) -> list[dict[str, Any]]:
@@ -255,7 +257,7 @@ def test_interrupted_grid_is_resumed_or_restarted(
     # like the 2-round cell it belongs to (num-server-rounds may change on resume).
     shutil.rmtree(resumed)
     cell = make_config({**parse_overrides(BASE), "strategy": "fedavg", "seed": 1})
-    simulation.simulate(cell.replace(num_server_rounds=1, run_dir=str(resumed)))
+    run_in_process(cell.replace(num_server_rounds=1, run_dir=str(resumed)))
     (resumed / "config.json").write_text(json.dumps(cell.replace(run_dir=str(resumed)).to_dict()))
     (resumed / "result.json").unlink()
     (resumed / "model.pt").unlink()

@@ -24,7 +24,7 @@ from fedwsa.cli import main as cli_main
 from fedwsa.config import ConfigError, make_config
 from fedwsa.models import build_model
 from fedwsa.protocol import from_arrays, to_arrays, unpack_request
-from fedwsa.server.simulation import simulate
+from fedwsa.server.inprocess import run_in_process
 from fedwsa.strategies import CohortStrategy, build_strategy
 
 SIMPLE_CNN_LAYERS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
@@ -283,7 +283,7 @@ def test_batched_and_sequential_nodes_agree_with_wsa_on(flower_identity: None,
     assert bat_metrics["wsa-kl"] == pytest.approx(seq_metrics["wsa-kl"], rel=1e-4)
 
 
-# --- end to end through fedwsa.cli.simulate ----------------------------------------------------
+# --- end to end: real training, in-process nodes (the maths needs no Ray) ----------------
 
 E2E = {"dataset": "synthetic", "num-clients": 4, "num-server-rounds": 2, "seed": 3,
        "alpha": 0.1}
@@ -297,11 +297,11 @@ def rows(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def fedavg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fedavg")
-    return simulate(make_config({**E2E, "strategy": "fedavg", "run-dir": str(out / "run")}))
+    return run_in_process(make_config({**E2E, "strategy": "fedavg", "run-dir": str(out / "run")}))
 
 
 def test_beta_zero_is_exactly_fedavg(fedavg_run: Path, tmp_path: Path) -> None:
-    wsa = simulate(make_config({**E2E, "strategy": "fedwsa", "wsa-beta": 0.0,
+    wsa = run_in_process(make_config({**E2E, "strategy": "fedwsa", "wsa-beta": 0.0,
                                 "run-dir": str(tmp_path / "wsa")}))
     a, b = rows(fedavg_run), rows(wsa)
     assert [r["test-accuracy"] for r in a] == [r["test-accuracy"] for r in b]
@@ -313,7 +313,7 @@ def test_beta_zero_is_exactly_fedavg(fedavg_run: Path, tmp_path: Path) -> None:
 
 
 def test_beta_positive_shrinks_the_sigma_spread(fedavg_run: Path, tmp_path: Path) -> None:
-    wsa = simulate(make_config({**E2E, "strategy": "fedwsa", "wsa-beta": WSA_BETA_STRONG,
+    wsa = run_in_process(make_config({**E2E, "strategy": "fedwsa", "wsa-beta": WSA_BETA_STRONG,
                                 "run-dir": str(tmp_path / "wsa")}))
     a, b = rows(fedavg_run)[1:], rows(wsa)[1:]
     assert len(a) == len(b) == E2E["num-server-rounds"]
@@ -327,8 +327,6 @@ def test_beta_positive_shrinks_the_sigma_spread(fedavg_run: Path, tmp_path: Path
 
 def test_target_survives_a_checkpoint_and_resume(tmp_path: Path, one_thread: None) -> None:
     """Stop after round 2 and resume to round 3: the same rows as the uninterrupted run."""
-    from fedwsa.server.inprocess import run_in_process
-
     keys = {**E2E, "strategy": "fedwsa", "wsa-beta": 0.5, "num-server-rounds": 3}
     full = run_in_process(make_config({**keys, "run-dir": str(tmp_path / "full")}))
     part = run_in_process(make_config({**keys, "num-server-rounds": 2,
