@@ -319,6 +319,9 @@ class BatchedTrainer:
         steps_after = [t for t in self.terms if type(t).after_step is not ClientTerm.after_step]
         corrections = [t for t in self.terms
                        if type(t).correct_grad is not ClientTerm.correct_grad]
+        # The global model stacked like the weights, for the corrections: same shapes let the
+        # _foreach kernels fuse (a broadcast against unstacked tensors runs one op per tensor).
+        global_stack = {n: v.clone() for n, v in params.items()} if corrections else {}
         ce_sum = torch.zeros(K, T, device=dev)  # per client and step: CE summed over the batch
         for t, k in enumerate(layout.active):
             idx = layout.indices[:k, t]
@@ -338,7 +341,8 @@ class BatchedTrainer:
                 # p -= lr buf. A zero buffer makes the first step buf = g, as in SGD.
                 for term in corrections:
                     term.correct_grad(grads, dict(zip(names, active, strict=True)),
-                                      rnd.global_params, rnd.shared[term.name], own_k[term.name])
+                                      {n: global_stack[n][:k] for n in names},
+                                      rnd.shared[term.name], own_k[term.name])
                 g = [grads[n] for n in names]
                 if s.weight_decay:
                     torch._foreach_add_(g, active, alpha=s.weight_decay)
