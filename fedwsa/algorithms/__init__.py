@@ -9,8 +9,10 @@ Adding an algorithm = one module + an entry here + its tests.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from torch import Tensor
@@ -53,7 +55,21 @@ PRESETS: dict[str, Preset] = {
     "fedadagrad": Preset((), "mean", "adagrad", "Reddi et al. 2021"),
 }
 STRATEGIES = tuple(PRESETS)
-SERVER_OPTS = ("none", "avgm", "adam", "yogi", "adagrad")
+
+# Each client-objective algorithm module offers client_term(config, params) and
+# server_part(config, params); merge rules and server optimisers are built from the config.
+CLIENT_ALGORITHMS: dict[str, ModuleType] = {"fedprox": fedprox, "wsa": wsa}
+MERGES: dict[str, Callable[[Config], Merge]] = {
+    "mean": lambda config: WeightedMean(),
+    "cart": cart.CartMerge,
+}
+OPTIMIZERS: dict[str, Callable[[Config], ServerOptimizer]] = {
+    "avgm": fedavgm.FedAvgM,
+    **{kind: functools.partial(fedopt.FedOpt, kind=kind) for kind in fedopt.DEFAULTS},
+}
+SERVER_OPTS = ("none", *OPTIMIZERS)
+assert all(set(p.terms) <= set(CLIENT_ALGORITHMS) and p.merge in MERGES
+           and p.server_opt in SERVER_OPTS for p in PRESETS.values())
 FUSION_RULES = wsa.FUSION_RULES
 SVD_METHODS = cart.SVD_METHODS
 
@@ -86,13 +102,8 @@ def server_opt_of(strategy: str, server_opt: str) -> str:
 
 def client_terms(config: Config, params: Mapping[str, Tensor]) -> list[ClientTerm]:
     """The client-side terms of ``config``'s strategy (``params``: the model's, for names)."""
-    terms: list[ClientTerm] = []
-    for name in PRESETS[config.strategy].terms:
-        if name == "fedprox":
-            terms.append(fedprox.ProxTerm())
-        elif name == "wsa":
-            terms.append(wsa.WsaTerm(wsa.resolve_wsa_layers(config.wsa_layers, params)))
-    return terms
+    return [CLIENT_ALGORITHMS[name].client_term(config, params)
+            for name in PRESETS[config.strategy].terms]
 
 
 @dataclass
@@ -110,20 +121,10 @@ class Composition:
 def compose(config: Config, params: Mapping[str, Tensor]) -> Composition:
     """The server-side composition of ``config``'s preset and ``server-opt``."""
     preset = PRESETS[config.strategy]
-    parts: list[ServerPart] = []
-    for name in preset.terms:
-        if name == "fedprox":
-            parts.append(fedprox.ProxServer(config))
-        elif name == "wsa":
-            parts.append(wsa.WsaTarget(config, params))
-    merge: Merge = cart.CartMerge(config) if preset.merge == "cart" else WeightedMean()
+    parts = [CLIENT_ALGORITHMS[name].server_part(config, params) for name in preset.terms]
     opt = server_opt_of(config.strategy, config.server_opt)
-    optimizer: ServerOptimizer | None = None
-    if opt == "avgm":
-        optimizer = fedavgm.FedAvgM(config)
-    elif opt != "none":
-        optimizer = fedopt.FedOpt(config, opt)
-    return Composition(parts, merge, optimizer)
+    optimizer = None if opt == "none" else OPTIMIZERS[opt](config)
+    return Composition(parts, MERGES[preset.merge](config), optimizer)
 
 
 __all__ = ["KEYS", "PRESETS", "SERVER_OPTS", "STRATEGIES", "ClientInputs", "ClientTerm",

@@ -161,17 +161,6 @@ class ServerOptimizer(ServerPart):
         raise NotImplementedError
 
 
-def tensor_state(state: Mapping[str, Any], key: str, like: Mapping[str, Tensor]) -> Tensors:
-    """``state[key]``, a dict of tensors, checked against the names and shapes of ``like``."""
-    value = dict(state[key])
-    if set(value) != set(like):
-        raise ValueError(f"checkpointed {key} has arrays {sorted(value)}, this model "
-                         f"{sorted(like)}")
-    out: Tensors = {}
-    for name, ref in like.items():
-        t = torch.as_tensor(value[name]).detach().cpu().clone()
-        if t.shape != ref.shape:
-            raise ValueError(f"checkpointed {key}[{name}] has shape {tuple(t.shape)}, "
-                             f"expected {tuple(ref.shape)}")
-        out[name] = t
-    return out
+def cloned_tensors(value: Mapping[str, Any]) -> Tensors:
+    """A checkpointed dict of tensors as detached CPU copies (what ``state_dict`` returned)."""
+    return {k: torch.as_tensor(v).detach().cpu().clone() for k, v in value.items()}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from fedwsa.algorithms.base import ServerOptimizer, Tensors, tensor_state
+from fedwsa.algorithms.base import ServerOptimizer, Tensors, cloned_tensors
 from fedwsa.keys import auto_number, number
 
 if TYPE_CHECKING:
@@ -55,6 +55,4 @@ class FedAvgM(ServerOptimizer):
         return {} if self.velocity is None else {"velocity": dict(self.velocity)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.velocity = None
-        if "velocity" in state:
-            self.velocity = tensor_state(state, "velocity", state["velocity"])
+        self.velocity = cloned_tensors(state["velocity"]) if "velocity" in state else None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from fedwsa.algorithms.base import ServerOptimizer, Tensors, tensor_state
+from fedwsa.algorithms.base import ServerOptimizer, Tensors, cloned_tensors
 from fedwsa.keys import auto_number, number
 
 if TYPE_CHECKING:
@@ -92,7 +92,5 @@ class FedOpt(ServerOptimizer):
         return {"m": dict(self.m), "v": dict(self.v)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.m = self.v = None
-        if "m" in state:
-            self.m = tensor_state(state, "m", state["m"])
-            self.v = tensor_state(state, "v", state["m"])
+        self.m = cloned_tensors(state["m"]) if "m" in state else None
+        self.v = cloned_tensors(state["v"]) if "v" in state else None

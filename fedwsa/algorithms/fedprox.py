@@ -58,3 +58,11 @@ class ProxServer(ServerPart):
 
     def describe(self) -> str:
         return f"fedprox: prox-mu {self.mu:g}"
+
+
+def client_term(config: Config, params: Mapping[str, Tensor]) -> ProxTerm:
+    return ProxTerm()
+
+
+def server_part(config: Config, params: Mapping[str, Tensor]) -> ProxServer:
+    return ProxServer(config)

@@ -172,3 +172,11 @@ class WsaTarget(ServerPart):
 
         self._target = (tensor("target-mu"), tensor("target-sigma"))
         self._initial = (tensor("initial-mu"), tensor("initial-sigma"))
+
+
+def client_term(config: Config, params: Mapping[str, Tensor]) -> WsaTerm:
+    return WsaTerm(resolve_wsa_layers(config.wsa_layers, params))
+
+
+def server_part(config: Config, params: Mapping[str, Tensor]) -> WsaTarget:
+    return WsaTarget(config, params)

@@ -32,7 +32,7 @@ from fedwsa.config import RESUMABLE_KEYS, ConfigError
 from fedwsa.results.files import write_bytes_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2  # 2: the strategy state is keyed by algorithm part (fedwsa.algorithms)
 
 
 
