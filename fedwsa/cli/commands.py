@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from fedwsa.config import ConfigError, parse_overrides
+from fedwsa.config import STRATEGIES, ConfigError, parse_overrides
 
 COMPARE_HELP = """\
 Run every combination of strategies x seeds x swept values over shared base keys, one run
@@ -142,7 +142,8 @@ def add_result_commands(sub: argparse._SubParsersAction) -> None:
         description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     compare.add_argument("grid", nargs="?", help="grid TOML file (flags given too override it)")
-    compare.add_argument("--strategies", help="comma-separated strategies, e.g. fedavg,fedwsa")
+    compare.add_argument("--strategies", help="comma-separated strategy presets among "
+                         + ", ".join(STRATEGIES) + " (e.g. fedavg,fedprox,fedwsa)")
     compare.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,3")
     compare.add_argument(
         "--sweep",
