@@ -14,7 +14,7 @@ from typing import Any
 
 from fedwsa import algorithms
 from fedwsa.algorithms import FUSION_RULES, STRATEGIES, SVD_METHODS
-from fedwsa.data import DATASETS
+from fedwsa.data import DATASETS, PAD_MODES
 from fedwsa.keys import (
     AUTO,
     ConfigError,
@@ -59,6 +59,12 @@ KEYS: tuple[Key, ...] = (
     key("lr", 0.01, number(0.0, lo_open=True), "Local SGD learning rate."),
     key("momentum", 0.9, number(0.0, 1.0, hi_open=True), "Local SGD momentum."),
     key("weight-decay", 1e-5, number(0.0), "Local SGD weight decay."),
+    key("normalize", True, boolean(),
+        "Standardise pixels per channel with the train set's mean and std (false: pixels / 255, "
+        "as NIID-Bench's ToTensor without Normalize)."),
+    key("crop-padding", "reflect", choice(*PAD_MODES),
+        "How augment's random crop pads by 4: reflect (NIID-Bench) or zeros (torchvision's "
+        "RandomCrop default)."),
     key("augment", False, boolean(),
          "Random crop (padding 4) + horizontal flip, on tensors in batch."),
     key("trainer", "batched", choice(*TRAINERS), "How a node trains its cohort."),
@@ -130,6 +136,8 @@ class Config:
     lr: float
     momentum: float
     weight_decay: float
+    normalize: bool
+    crop_padding: str
     augment: bool
     trainer: str
     max_batched_clients: int

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 __all__ = [
     "CIFAR_STATS",
     "CROP_PADDING",
+    "PAD_MODES",
     "DATASETS",
     "SYNTHETIC_CLASSES",
     "SYNTHETIC_TEST",
@@ -31,6 +32,7 @@ __all__ = [
     "load_dataset",
     "make_synthetic",
     "normalize",
+    "pixel_stats",
     "sample_augmentation",
 ]
 
@@ -42,6 +44,8 @@ SYNTHETIC_CLASSES = 10
 _SYNTHETIC_SHIFT = 2  # Largest shift of a synthetic image off its class template, in pixels.
 
 CROP_PADDING = 4
+PAD_MODES = ("reflect", "zeros")
+"""How the random crop pads: NIID-Bench mirrors the border, torchvision's default is zeros."""
 """Zero padding on each side before the random 32x32 crop (the standard CIFAR recipe)."""
 
 # The published per-channel constants, in [0, 1] pixel units (NIID-Bench and most CIFAR code use
@@ -264,11 +268,11 @@ def make_synthetic(
     side = 2 * _SYNTHETIC_SHIFT + 1
     shifts = torch.cartesian_prod(torch.arange(side), torch.arange(side))  # [S, 2]
     num_shifts = shifts.shape[0]
-    windows = _window(
+    offsets = shifts.repeat(num_classes, 1)
+    windows = _gather_window(
         templates.repeat_interleave(num_shifts, dim=0),
-        shifts.repeat(num_classes, 1),
-        torch.zeros(num_classes * num_shifts, dtype=torch.bool),
-        (32, 32),
+        offsets[:, 0, None] + torch.arange(32),
+        offsets[:, 1, None] + torch.arange(32),
     )  # [classes * S, 3, 32, 32], row = class * S + shift
 
     def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,6 +309,14 @@ def make_synthetic(
 # ---------------------------------------------------------------------------------------------
 
 
+def pixel_stats(data: Dataset, standardise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (mean, std) that ``normalize`` uses: the train set's per-channel statistics, or
+    (0, 1), which makes ``normalize`` exactly torchvision's ``ToTensor`` (x / 255)."""
+    if standardise:
+        return data.mean, data.std
+    return torch.zeros_like(data.mean), torch.ones_like(data.std)
+
+
 def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``(x / 255 - mean) / std`` per channel, as float32, on ``x``'s device.
 
@@ -331,13 +343,16 @@ def sample_augmentation(n: int, generator: torch.Generator) -> tuple[torch.Tenso
     return offsets, flips
 
 
-def augment(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Random-crop (zero padding 4) and horizontally flip a batch, with the given parameters.
+def augment(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
+            pad_mode: str = "reflect") -> torch.Tensor:
+    """Random-crop (padding 4) and horizontally flip a batch, with the given parameters.
 
     ``x`` is ``[*lead, C, H, W]`` with ``offsets`` ``[*lead, 2]`` (row, column offset into the
     padded image, ``4`` = centre) and ``flips`` ``[*lead]``; ``lead`` is ``[N]`` or ``[K, B]``.
-    One gather for the whole batch, exact for any dtype and device. Padding is 0 in ``x``'s
-    units: apply it to raw pixels (before ``normalize``) for torchvision's black border.
+    ``pad_mode`` is ``"reflect"`` (NIID-Bench's ``Pad(4, padding_mode='reflect')``: the border
+    mirrors the image without repeating its edge) or ``"zeros"`` (torchvision's ``RandomCrop(32,
+    padding=4)``; 0 in ``x``'s units: apply it to raw pixels, before ``normalize``, for a black
+    border). One gather for the whole batch, exact for any dtype and device.
     """
     lead = x.shape[:-3]
     if tuple(offsets.shape) != (*lead, 2) or tuple(flips.shape) != tuple(lead):
@@ -345,28 +360,34 @@ def augment(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torc
             f"augment: x {tuple(x.shape)} needs offsets {(*lead, 2)} and flips {tuple(lead)}, "
             f"got {tuple(offsets.shape)} and {tuple(flips.shape)}"
         )
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"augment: pad_mode={pad_mode!r}, expected one of {PAD_MODES}")
     p = CROP_PADDING
-    padded = F.pad(x.reshape(-1, *x.shape[-3:]), (p, p, p, p))
-    out = _window(padded, offsets.reshape(-1, 2), flips.reshape(-1), tuple(x.shape[-2:]))
-    return out.reshape(x.shape)
+    flat = x.reshape(-1, *x.shape[-3:])
+    h, w = flat.shape[-2:]
+    device = flat.device
+    offsets = offsets.reshape(-1, 2).to(device=device, dtype=torch.int64)
+    rows = offsets[:, 0, None] + torch.arange(h, device=device)  # [N, H], padded coordinates
+    cols = offsets[:, 1, None] + torch.arange(w, device=device)  # [N, W]
+    if pad_mode == "zeros":
+        source = F.pad(flat, (p, p, p, p))
+    else:  # reflect: map padded coordinates back into the image, i -> (n-1) - |(n-1) - |i||
+        source = flat
+        rows = (h - 1) - ((h - 1) - (rows - p).abs()).abs()
+        cols = (w - 1) - ((w - 1) - (cols - p).abs()).abs()
+    flips = flips.reshape(-1).to(device=device, dtype=torch.bool)
+    cols = torch.where(flips[:, None], cols.flip(-1), cols)
+    return _gather_window(source, rows, cols).reshape(x.shape)
 
 
-def _window(
-    padded: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
-    """Gather a ``size`` window at ``offsets`` from each image of ``padded`` [N, C, H', W'].
+def _gather_window(source: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Pixels ``source[n, :, rows[n, i], cols[n, j]]`` of each image of ``source`` [N, C, H', W'].
 
     One ``gather`` over the flattened pixels with per-image index grids: exact, any dtype and
     device, and faster on CPU than 4-D advanced indexing.
     """
-    n, c, _, padded_w = padded.shape
-    out_h, out_w = size
-    device = padded.device
-    offsets = offsets.to(device=device, dtype=torch.int64)
-    flips = flips.to(device=device, dtype=torch.bool)
-    rows = offsets[:, 0, None] + torch.arange(out_h, device=device)  # [N, H]
-    cols = offsets[:, 1, None] + torch.arange(out_w, device=device)  # [N, W]
-    cols = torch.where(flips[:, None], cols.flip(-1), cols)
-    index = (rows[:, :, None] * padded_w + cols[:, None, :]).view(n, 1, out_h * out_w)
-    flat = padded.reshape(n, c, -1).gather(2, index.expand(n, c, out_h * out_w))
+    n, c, _, source_w = source.shape
+    out_h, out_w = rows.shape[1], cols.shape[1]
+    index = (rows[:, :, None] * source_w + cols[:, None, :]).view(n, 1, out_h * out_w)
+    flat = source.reshape(n, c, -1).gather(2, index.expand(n, c, out_h * out_w))
     return flat.view(n, c, out_h, out_w)

@@ -81,6 +81,8 @@ CASES = [
     Case("unknown server-opt", run_c("server-opt='sgd'"), "server-opt", "'sgd'"),
     Case("preset vs server-opt", run_c("strategy='fedadam' server-opt='yogi'"), "server-opt",
          "'yogi'"),
+    Case("unknown crop-padding", run_c("crop-padding='edge'"), "crop-padding", "'edge'"),
+    Case("normalize text", run_c("normalize='no'"), "normalize", "'no'"),
     Case("negative prox-mu", run_c("prox-mu=-0.01"), "prox-mu", "-0.01"),
     Case("server-beta1 of one", run_c("server-beta1=1.0"), "server-beta1", "1.0"),
     Case("server-tau zero", run_c("server-tau=0.0"), "server-tau", "0.0"),

@@ -24,6 +24,7 @@ from fedwsa.data import (
     load_dataset,
     make_synthetic,
     normalize,
+    pixel_stats,
     sample_augmentation,
 )
 
@@ -361,9 +362,56 @@ def test_augment_matches_pad_and_slice(dtype: torch.dtype) -> None:
     x = (torch.rand(64, 3, 32, 32, generator=gen) * 255).to(dtype)
     offsets, flips = sample_augmentation(64, gen)
     offsets[:4] = torch.tensor([[0, 0], [8, 8], [0, 8], [8, 0]])  # The corners, for sure.
-    out = augment(x, offsets, flips)
+    out = augment(x, offsets, flips, "zeros")
     assert out.dtype == dtype and out.shape == x.shape
     assert torch.equal(out, _reference_augment(x, offsets, flips))
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "zeros"])
+def test_augment_equals_torchvision_transforms_image_by_image(pad_mode: str) -> None:
+    """NIID-Bench's train transform, image by image with torchvision (Pad(4, reflect) or
+    RandomCrop's zero padding, crop at the drawn offsets, horizontal flip when drawn): the same
+    uint8 pixels as fedwsa's batched gather."""
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as TF
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    offsets, flips = sample_augmentation(40, gen)
+    offsets[:4] = torch.tensor([[0, 0], [8, 8], [0, 8], [8, 0]])  # the corners, for sure
+    flips[0] = False
+    mode = "reflect" if pad_mode == "reflect" else "constant"
+    pad = v2.Pad(4, padding_mode=mode)
+    expected = []
+    for image, (top, left), flip in zip(x, offsets.tolist(), flips.tolist(), strict=True):
+        crop = TF.crop(pad(image), top, left, 32, 32)
+        expected.append(TF.horizontal_flip(crop) if flip else crop)
+    got = augment(x, offsets, flips, pad_mode)
+    assert torch.equal(got, torch.stack(expected))
+    if pad_mode == "reflect":  # the border mirrors the image, no black pixels
+        assert torch.equal(got[0, :, 4:, 4:], x[0, :, :28, :28])
+        assert torch.equal(got[0, :, 3, 4:], x[0, :, 1, :28])
+
+
+def test_augment_refuses_an_unknown_pad_mode() -> None:
+    x = torch.zeros(2, 3, 32, 32)
+    offsets, flips = sample_augmentation(2, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="pad_mode"):
+        augment(x, offsets, flips, "edge")
+
+
+def test_pixel_stats_off_is_torchvision_to_tensor() -> None:
+    """normalize=false: the pixels NIID-Bench feeds its model, exactly: its ``ToTensor()`` on
+    HWC uint8 images (x / 255; torchvision's v2 ``ToDtype(scale=True)`` multiplies by 1/255
+    instead, which differs in the last bit)."""
+    from torchvision.transforms import ToTensor
+
+    data = load_dataset("synthetic", "", 0)
+    mean, std = pixel_stats(data, False)
+    x = data.x_test[:8]
+    expected = torch.stack([ToTensor()(i.permute(1, 2, 0).numpy()) for i in x])
+    assert torch.equal(normalize(x, mean, std), expected)
+    assert pixel_stats(data, True) == (data.mean, data.std)
 
 
 def test_augment_with_leading_cohort_dims_equals_flat() -> None:
@@ -374,7 +422,8 @@ def test_augment_with_leading_cohort_dims_equals_flat() -> None:
     assert out.shape == x.shape
     flat = augment(x.reshape(12, 3, 32, 32), offsets, flips)
     assert torch.equal(out.reshape(12, 3, 32, 32), flat)
-    assert torch.equal(flat, _reference_augment(x.reshape(12, 3, 32, 32), offsets, flips))
+    zeros = augment(x.reshape(12, 3, 32, 32), offsets, flips, "zeros")
+    assert torch.equal(zeros, _reference_augment(x.reshape(12, 3, 32, 32), offsets, flips))
 
 
 def test_augment_rejects_mismatched_parameters() -> None:
@@ -398,3 +447,16 @@ def test_augment_and_normalize_on_cuda_match_cpu() -> None:
     cuda_gen = torch.Generator(device="cuda").manual_seed(0)
     cuda_offsets, cuda_flips = sample_augmentation(5, cuda_gen)
     assert cuda_offsets.device.type == "cuda" and cuda_flips.device.type == "cuda"
+
+
+def test_nodes_follow_normalize_and_crop_padding() -> None:
+    """The keys reach a node's data pipeline: (0, 1) stats for normalize=false, the pad mode."""
+    from fedwsa.clients.node import node_data
+    from fedwsa.config import make_config
+
+    niid = node_data(make_config({"normalize": False, "crop-padding": "zeros"}))
+    assert torch.equal(niid.mean, torch.zeros(3)) and torch.equal(niid.std, torch.ones(3))
+    assert niid.pad_mode == "zeros"
+    default = node_data(make_config({}))
+    data = load_dataset("synthetic", "", 0)
+    assert torch.equal(default.mean, data.mean) and default.pad_mode == "reflect"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from fedwsa.algorithms import cart, fedavgm, fedopt, fedprox, wsa
+from fedwsa.algorithms import cart, fedavgm, fednova, fedopt, fedprox, wsa
 from fedwsa.algorithms.base import (
     ClientInputs,
     ClientTerm,
@@ -49,6 +49,7 @@ PRESETS: dict[str, Preset] = {
     "fedwsa": Preset(("wsa",), "mean", "none", "Xu et al. 2024 (Weight Scope Alignment)"),
     "cart": Preset((), "cart", "none", "Choi et al. 2024 (centred low-rank merging)"),
     "fedwsa-cart": Preset(("wsa",), "cart", "none", "WSA clients, CART merge"),
+    "fednova": Preset((), "fednova", "none", "Wang et al. 2020 (NIID-Bench's normaliser)"),
     "fedavgm": Preset((), "mean", "avgm", "Hsu et al. 2019"),
     "fedadam": Preset((), "mean", "adam", "Reddi et al. 2021"),
     "fedyogi": Preset((), "mean", "yogi", "Reddi et al. 2021"),
@@ -62,6 +63,7 @@ CLIENT_ALGORITHMS: dict[str, ModuleType] = {"fedprox": fedprox, "wsa": wsa}
 MERGES: dict[str, Callable[[Config], Merge]] = {
     "mean": lambda config: WeightedMean(),
     "cart": cart.CartMerge,
+    "fednova": fednova.FedNovaMerge,
 }
 OPTIMIZERS: dict[str, Callable[[Config], ServerOptimizer]] = {
     "avgm": fedavgm.FedAvgM,

@@ -149,7 +149,8 @@ class ServerPart:
 class Merge(ServerPart):
     """Stacked client weights -> one model."""
 
-    def merge(self, server_round: int, updates: ClientUpdates) -> Tensors:
+    def merge(self, server_round: int, global_params: Mapping[str, Tensor],
+              updates: ClientUpdates) -> Tensors:
         raise NotImplementedError
 
 

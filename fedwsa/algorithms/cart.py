@@ -15,9 +15,11 @@ Choices this module makes where METHODS.md leaves them open:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
+from torch import Tensor
 
 from fedwsa.algorithms.base import ClientUpdates, Merge, Tensors
 from fedwsa.device import resolve_device
@@ -54,7 +56,8 @@ class CartMerge(Merge):
         return (f"cart: cart-rank {c.cart_rank:g}, cart-lambda {c.cart_lambda:g}, "
                 f"cart-conv {c.cart_conv}, cart-svd {c.cart_svd}")
 
-    def merge(self, server_round: int, updates: ClientUpdates) -> Tensors:
+    def merge(self, server_round: int, global_params: Mapping[str, Tensor],
+              updates: ClientUpdates) -> Tensors:
         c = self.config
         device = resolve_device(c.device)
         stacked = {n: v.to(device) for n, v in updates.params.items()}

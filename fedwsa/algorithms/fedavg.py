@@ -6,6 +6,10 @@ FedAvg itself is this merge with no client term and no server optimiser.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from torch import Tensor
+
 from fedwsa.algorithms.base import ClientUpdates, Merge, Tensors
 from fedwsa.maths.merging import weighted_average
 
@@ -13,5 +17,6 @@ from fedwsa.maths.merging import weighted_average
 class WeightedMean(Merge):
     name = "mean"
 
-    def merge(self, server_round: int, updates: ClientUpdates) -> Tensors:
+    def merge(self, server_round: int, global_params: Mapping[str, Tensor],
+              updates: ClientUpdates) -> Tensors:
         return weighted_average(updates.params, updates.weights)

@@ -44,5 +44,5 @@ def load_images(data: NodeData, indices: torch.Tensor, offsets: torch.Tensor | N
     """
     x = data.images[indices].float()
     if offsets is not None and flips is not None:
-        x = augment(x, offsets, flips)
+        x = augment(x, offsets, flips, data.pad_mode)
     return normalize(x, data.mean, data.std)

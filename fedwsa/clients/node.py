@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fedwsa.config import Config
-from fedwsa.data import load_dataset
+from fedwsa.data import load_dataset, pixel_stats
 from fedwsa.device import resolve_device
 from fedwsa.partitions import partition_labels
 
@@ -28,6 +28,7 @@ class NodeData:
     std: torch.Tensor
     num_classes: int
     partitions: tuple[torch.Tensor, ...]
+    pad_mode: str = "reflect"  # how augmentation's random crop pads (``crop-padding``)
 
     def client_size(self, client_id: int) -> int:
         return int(self.partitions[client_id].numel())
@@ -46,7 +47,7 @@ def client_partitions(config: Config, labels: np.ndarray) -> list[np.ndarray]:
 # in other keys (a sweep over lr, say) share the node's copy. Two entries at most: each holds a
 # whole train set on the device.
 _DATA_KEYS = ("dataset", "data_root", "seed", "partition", "alpha", "classes_per_client",
-              "min_partition_size", "num_clients", "device")
+              "min_partition_size", "num_clients", "device", "normalize", "crop_padding")
 _CACHE: dict[tuple, NodeData] = {}
 
 
@@ -64,12 +65,14 @@ def _build_node_data(config: Config) -> NodeData:
     data = load_dataset(config.dataset, config.data_root, config.seed)
     device = resolve_device(config.device)
     parts = client_partitions(config, data.y_train.numpy())
+    mean, std = pixel_stats(data, config.normalize)
     return NodeData(
         device=device,
         images=data.x_train.to(device),
         labels=data.y_train.to(device),
-        mean=data.mean.to(device),
-        std=data.std.to(device),
+        mean=mean.to(device),
+        std=std.to(device),
         num_classes=data.num_classes,
         partitions=tuple(torch.as_tensor(p, dtype=torch.long, device=device) for p in parts),
+        pad_mode=config.crop_padding,
     )

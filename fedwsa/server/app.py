@@ -17,7 +17,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedwsa.config import Config, make_config
-from fedwsa.data import load_dataset
+from fedwsa.data import load_dataset, pixel_stats
 from fedwsa.device import resolve_device
 from fedwsa.models import build_model, check_functional
 from fedwsa.protocol import from_arrays, to_arrays
@@ -95,7 +95,7 @@ def run_federation(grid: Grid, config: Config) -> Path:
     model.to(device)
     strategy = build_strategy(config)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
-    mean, std = data.mean.to(device), data.std.to(device)
+    mean, std = (t.to(device) for t in pixel_stats(data, config.normalize))
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     first_round = 1
     if ckpt is not None:

@@ -96,7 +96,7 @@ class CohortStrategy(Strategy):
                   updates: ClientUpdates) -> dict[str, torch.Tensor]:
         """after_merge(server_opt(merge(updates))): the next global model."""
         c = self.composition
-        new_global = c.merge.merge(server_round, updates)
+        new_global = c.merge.merge(server_round, global_params, updates)
         if c.optimizer is not None:
             new_global = c.optimizer.step(server_round, global_params, new_global)
         for p in c.parts:
