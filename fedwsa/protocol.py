@@ -10,10 +10,15 @@ algorithm. Both sides use the functions here, so the record keys live in one pla
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedwsa.maths.merging import finite_clients
 
 ARRAYS, CONFIG, METRICS, FAILURES, STATS = "arrays", "config", "metrics", "failures", "stats"
 SHARED, PER_CLIENT, OUTPUTS = "shared", "per-client", "outputs"
@@ -31,6 +36,17 @@ class TrainRequest:
     per_client: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+class ClientRow(NamedTuple):
+    """One client's part of a reply: what its local training produced."""
+
+    client_id: int
+    params: dict[str, torch.Tensor]
+    num_examples: int
+    train_loss: float
+    steps: int
+    outputs: dict[str, torch.Tensor]
+
+
 @dataclass
 class TrainReply:
     """One node's answer: the trained clients' stacked weights and per-client metrics."""
@@ -43,6 +59,52 @@ class TrainReply:
     stats: dict[str, float] = field(default_factory=dict)
     steps: list[int] = field(default_factory=list)
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[ClientRow], like: Mapping[str, torch.Tensor],
+                  failures: Mapping[int, str] | None = None,
+                  stats: Mapping[str, float] | None = None) -> TrainReply:
+        """Stack per-client rows (in the given order); ``like`` gives the parameter names and
+        shapes when there are no rows."""
+        params = {n: torch.stack([r.params[n] for r in rows]) if rows else
+                  v.new_empty((0, *v.shape)) for n, v in like.items()}
+        out_names = sorted({k for r in rows for k in r.outputs})
+        return cls(
+            client_ids=[r.client_id for r in rows], params=params,
+            num_examples=[r.num_examples for r in rows],
+            train_loss=[r.train_loss for r in rows],
+            failures=dict(failures or {}), stats=dict(stats or {}),
+            steps=[r.steps for r in rows],
+            outputs={k: torch.stack([r.outputs[k] for r in rows]) for k in out_names})
+
+    def rows(self) -> list[ClientRow]:
+        """The reply, one client at a time."""
+        return [ClientRow(cid, {n: v[i] for n, v in self.params.items()},
+                          self.num_examples[i], self.train_loss[i],
+                          self.steps[i] if self.steps else 0,
+                          {n: v[i] for n, v in self.outputs.items()})
+                for i, cid in enumerate(self.client_ids)]
+
+    def finite_only(self) -> TrainReply:
+        """Clients whose weights or train loss are not finite moved to ``failures`` (one
+        diverging client must not poison an aggregate; nodes and the server both check)."""
+        if not self.client_ids:
+            return self
+        finite = finite_clients(self.params)
+        failures = dict(self.failures)
+        keep: list[int] = []
+        for j, cid in enumerate(self.client_ids):
+            if not bool(finite[j]):
+                failures[cid] = "non-finite weights"
+            elif not math.isfinite(self.train_loss[j]):
+                failures[cid] = "non-finite train loss"
+            else:
+                keep.append(j)
+        if len(keep) == len(self.client_ids):
+            return self
+        kept = self.select(keep)
+        kept.failures = failures
+        return kept
 
     def select(self, positions: list[int]) -> TrainReply:
         """The reply restricted to the clients at ``positions`` (failures and stats kept)."""

@@ -27,6 +27,7 @@ one model; a ``ServerOptimizer`` steps from the sent global model along the merg
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,10 @@ class ClientTerm:
     """The client-side piece of an algorithm; every hook's default does nothing."""
 
     name = ""
+
+    def overrides(self, hook: str) -> bool:
+        """Does this term define ``hook``? Trainers call only the hooks a term defines."""
+        return getattr(type(self), hook) is not getattr(ClientTerm, hook)
 
     def loss(self, params: Mapping[str, Tensor], global_params: Mapping[str, Tensor],
              shared: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> Tensor | None:
@@ -146,20 +151,22 @@ class ServerPart:
         """Restore ``state_dict``'s output."""
 
 
-class Merge(ServerPart):
+class Merge(ServerPart, ABC):
     """Stacked client weights -> one model."""
 
+    @abstractmethod
     def merge(self, server_round: int, global_params: Mapping[str, Tensor],
               updates: ClientUpdates) -> Tensors:
-        raise NotImplementedError
+        """The merged model of this round's clients."""
 
 
-class ServerOptimizer(ServerPart):
+class ServerOptimizer(ServerPart, ABC):
     """One server step from the sent global model, given the merged model (METHODS.md 4)."""
 
+    @abstractmethod
     def step(self, server_round: int, global_params: Mapping[str, Tensor],
              merged: Mapping[str, Tensor]) -> Tensors:
-        raise NotImplementedError
+        """The next global model."""
 
 
 def cloned_tensors(value: Mapping[str, Any]) -> Tensors:

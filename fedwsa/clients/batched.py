@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,6 +55,7 @@ from fedwsa.clients.trainer import (
     term_inputs,
 )
 from fedwsa.models import check_functional
+from fedwsa.protocol import ClientRow
 
 
 @dataclass
@@ -177,15 +178,8 @@ class _Round:
     row: dict[int, int]                  # client id -> its row
 
 
-class _ClientOut(NamedTuple):
-    params: dict[str, torch.Tensor]
-    loss: float
-    steps: int
-    outputs: dict[str, torch.Tensor]
-
-
 # Per client its result; then samples computed (padding included) and real.
-_GroupResult = tuple[dict[int, _ClientOut], float, float]
+_GroupResult = tuple[dict[int, ClientRow], float, float]
 
 
 class BatchedTrainer:
@@ -207,7 +201,10 @@ class BatchedTrainer:
         self.terms = list(terms or [])
         # Only terms that add a loss enter the vmapped step (and only then do the global model
         # and the inputs): a plain FedAvg step stays as small as it was before terms existed.
-        self._loss_terms = [t for t in self.terms if type(t).loss is not ClientTerm.loss]
+        self._loss_terms = [t for t in self.terms if t.overrides("loss")]
+        self._corrections = [t for t in self.terms if t.overrides("correct_grad")]
+        self._steps_after = [t for t in self.terms if t.overrides("after_step")]
+        self._output_terms = [t for t in self.terms if t.overrides("outputs")]
         # functional_call swaps the weights into the module while it runs, so every worker
         # thread needs a module of its own.
         self._grads = [self._vmapped_grad(copy.deepcopy(self.model) if w else self.model)
@@ -258,24 +255,14 @@ class BatchedTrainer:
         results = {cid: r for out, _, _ in trained for cid, r in out.items()}
         computed = sum(c for _, c, _ in trained)
         real = sum(r for _, _, r in trained)
-        ids = list(task.client_ids)
-        stacked = {n: torch.stack([results[c].params[n] for c in ids])
-                   for n in task.global_params}
-        out_names = sorted({k for c in ids for k in results[c].outputs})
-        return CohortResult(
-            client_ids=ids,
-            params=stacked,
-            num_examples=[sizes[c] for c in ids],
-            train_loss=[results[c].loss for c in ids],
+        return CohortResult.from_rows(
+            [results[c] for c in task.client_ids], task.global_params,
             stats={"wasted-fraction": 1.0 - real / max(computed, 1.0),
-                   "train-s": time.perf_counter() - t0},
-            steps=[results[c].steps for c in ids],
-            outputs={k: torch.stack([results[c].outputs[k] for c in ids]) for k in out_names},
-        )
+                   "train-s": time.perf_counter() - t0})
 
     def _train_group(self, rnd: _Round, group: dict[int, int], worker: int) -> _GroupResult:
         """One worker's clients, chunk by chunk: their results, samples computed and real."""
-        out: dict[int, _ClientOut] = {}
+        out: dict[int, ClientRow] = {}
         computed = real = 0.0
         for chunk in plan_chunks(group, self.settings, self.max_clients):
             layout = layout_chunk(self.data, chunk, self.settings, rnd.task.server_round)
@@ -287,8 +274,9 @@ class BatchedTrainer:
             outputs = self._outputs(rnd, own, params, layout.steps)
             steps = layout.steps.tolist()
             for k, cid in enumerate(chunk):
-                out[cid] = _ClientOut({n: v[k] for n, v in params.items()}, losses[k],
-                                      int(steps[k]), {n: v[k] for n, v in outputs.items()})
+                out[cid] = ClientRow(cid, {n: v[k] for n, v in params.items()},
+                                     self.data.client_size(cid), losses[k], int(steps[k]),
+                                     {n: v[k] for n, v in outputs.items()})
         return out, computed, real
 
     def _outputs(self, rnd: _Round, own: TermArrays, params: dict[str, torch.Tensor],
@@ -296,9 +284,7 @@ class BatchedTrainer:
         """The terms' per-client outputs for a chunk, each client's computed under ``vmap``."""
         out: dict[str, torch.Tensor] = {}
         steps = steps.to(self.data.device)
-        for term in self.terms:
-            if type(term).outputs is ClientTerm.outputs:
-                continue
+        for term in self._output_terms:
             fn = functools.partial(term.outputs, lr=self.settings.lr)
             with torch.no_grad():
                 got = vmap(fn, in_dims=(0, None, None, 0, 0))(
@@ -316,12 +302,6 @@ class BatchedTrainer:
         params = {n: v.unsqueeze(0).repeat(K, *([1] * v.dim()))
                   for n, v in rnd.global_params.items()}
         bufs = {n: torch.zeros_like(v) for n, v in params.items()}
-        steps_after = [t for t in self.terms if type(t).after_step is not ClientTerm.after_step]
-        corrections = [t for t in self.terms
-                       if type(t).correct_grad is not ClientTerm.correct_grad]
-        # The global model stacked like the weights, for the corrections: same shapes let the
-        # _foreach kernels fuse (a broadcast against unstacked tensors runs one op per tensor).
-        global_stack = {n: v.clone() for n, v in params.items()} if corrections else {}
         ce_sum = torch.zeros(K, T, device=dev)  # per client and step: CE summed over the batch
         for t, k in enumerate(layout.active):
             idx = layout.indices[:k, t]
@@ -330,19 +310,19 @@ class BatchedTrainer:
                 None if layout.offsets is None else layout.offsets[:k, t],
                 None if layout.flips is None else layout.flips[:k, t],
             )
-            active = [params[n][:k] for n in names]  # views: updated in place below
+            current = {n: params[n][:k] for n in names}  # views: updated in place below
+            active = list(current.values())
             own_k = {name: {a: v[:k] for a, v in arrays.items()} for name, arrays in own.items()}
             extra = (rnd.global_params, rnd.shared, own_k) if self._loss_terms else ()
-            grads, ce = grad_fn(dict(zip(names, active, strict=True)), x,
-                                layout.labels[:k, t], layout.sample_weight[:k, t], *extra)
+            grads, ce = grad_fn(current, x, layout.labels[:k, t], layout.sample_weight[:k, t],
+                                *extra)
             with torch.no_grad():
                 ce_sum[:k, t] = (ce * layout.loss_mask[:k, t]).sum(dim=1)
                 # torch.optim.SGD (dampening 0, no Nesterov): g += wd p; buf = m buf + g;
                 # p -= lr buf. A zero buffer makes the first step buf = g, as in SGD.
-                for term in corrections:
-                    term.correct_grad(grads, dict(zip(names, active, strict=True)),
-                                      {n: global_stack[n][:k] for n in names},
-                                      rnd.shared[term.name], own_k[term.name])
+                for term in self._corrections:
+                    term.correct_grad(grads, current, rnd.global_params, rnd.shared[term.name],
+                                      own_k[term.name])
                 g = [grads[n] for n in names]
                 if s.weight_decay:
                     torch._foreach_add_(g, active, alpha=s.weight_decay)
@@ -350,9 +330,8 @@ class BatchedTrainer:
                 torch._foreach_mul_(buf, s.momentum)
                 torch._foreach_add_(buf, g)
                 torch._foreach_add_(active, buf, alpha=-s.lr)
-                for term in steps_after:
-                    term.after_step(dict(zip(names, active, strict=True)), rnd.shared[term.name],
-                                    own_k[term.name], s.lr)
+                for term in self._steps_after:
+                    term.after_step(current, rnd.shared[term.name], own_k[term.name], s.lr)
         computed = float(B * sum(layout.active))
         real = float((layout.sample_weight > 0).sum())
         # Each client's own steps only: a sum of the same length in any chunk, so the same bits.

@@ -11,19 +11,16 @@ reason, and the other clients' results still go back to the server:
   ``vmap``) is retried one client at a time, which isolates the client(s) that raise.
 - A client whose weights or train loss come back non-finite is moved to the failures; clients
   trained together under ``vmap`` never mix values, so one diverging client cannot poison the
-  others' weights. The server checks for non-finite weights again (``CohortStrategy.collect``).
+  others' weights (``TrainReply.finite_only``; the server checks again in ``collect``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
-import torch
 
 from fedwsa.clients.trainer import CohortResult, CohortTask, Trainer
-from fedwsa.maths.merging import finite_clients
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +50,6 @@ def reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".replace("\n", " ")[:500]
 
 
-def empty_result(task: CohortTask, failures: dict[int, str] | None = None) -> CohortResult:
-    """A result with no trained clients (weights stacked on an empty client axis)."""
-    params = {n: v.new_empty((0, *v.shape)) for n, v in task.global_params.items()}
-    return CohortResult([], params, [], [], dict(failures or {}))
-
-
 def train_cohort(trainer: Trainer, task: CohortTask, seed: int, fail_rate: float = 0.0
                  ) -> CohortResult:
     """Train ``task``'s clients with ``trainer``; failed clients are reported, never fatal."""
@@ -71,8 +62,8 @@ def train_cohort(trainer: Trainer, task: CohortTask, seed: int, fail_rate: float
         except Exception as err:  # a failing client is reported, the others train
             failures[cid] = reason(err)
     result = _isolating(trainer, task.subset(healthy)) if healthy else \
-        empty_result(task)
-    result = drop_non_finite(result)
+        CohortResult.from_rows([], task.global_params)
+    result = result.finite_only()
     result.failures = {**failures, **result.failures}
     for cid, why in sorted(result.failures.items()):
         log.warning("client %d failed in round %d: %s", cid, task.server_round, why)
@@ -85,7 +76,8 @@ def _isolating(trainer: Trainer, task: CohortTask) -> CohortResult:
         return trainer.train(task)
     except Exception as err:
         if len(task.client_ids) == 1:
-            return empty_result(task, {task.client_ids[0]: reason(err)})
+            return CohortResult.from_rows([], task.global_params,
+                                          {task.client_ids[0]: reason(err)})
         log.warning("cohort of %d clients failed in round %d (%s); training them one by one "
                     "to isolate the failing client(s)", len(task.client_ids), task.server_round,
                     reason(err))
@@ -95,43 +87,11 @@ def _isolating(trainer: Trainer, task: CohortTask) -> CohortResult:
 
 def merge_results(task: CohortTask, parts: list[CohortResult]) -> CohortResult:
     """Concatenate per-client results (in ``task.client_ids`` order); stats are averaged."""
-    ids = [cid for p in parts for cid in p.client_ids]
-    params = {n: torch.cat([p.params[n] for p in parts]) if parts else
-              v.new_empty((0, *v.shape)) for n, v in task.global_params.items()}
     stats: dict[str, list[float]] = {}
     for p in parts:
         for k, v in p.stats.items():
             stats.setdefault(k, []).append(v)
-    out_names = sorted({k for p in parts if p.client_ids for k in p.outputs})
-    return CohortResult(
-        client_ids=ids,
-        params=params,
-        num_examples=[n for p in parts for n in p.num_examples],
-        train_loss=[v for p in parts for v in p.train_loss],
+    return CohortResult.from_rows(
+        [row for p in parts for row in p.rows()], task.global_params,
         failures={cid: why for p in parts for cid, why in p.failures.items()},
-        stats={k: float(np.mean(v)) for k, v in stats.items()},
-        steps=[n for p in parts for n in p.steps],
-        outputs={k: torch.cat([p.outputs[k] for p in parts if p.client_ids])
-                 for k in out_names},
-    )
-
-
-def drop_non_finite(result: CohortResult) -> CohortResult:
-    """Move clients whose weights or train loss are not finite to ``failures``."""
-    if not result.client_ids:
-        return result
-    finite = finite_clients(result.params)
-    keep: list[int] = []
-    failures = dict(result.failures)
-    for j, cid in enumerate(result.client_ids):
-        if not bool(finite[j]):
-            failures[cid] = "non-finite weights after local training"
-        elif not math.isfinite(result.train_loss[j]):
-            failures[cid] = "non-finite train loss"
-        else:
-            keep.append(j)
-    if len(keep) == len(result.client_ids):
-        return result
-    kept = result.select(keep)
-    kept.failures = failures
-    return kept
+        stats={k: float(np.mean(v)) for k, v in stats.items()})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,15 +23,9 @@ from fedwsa.clients.trainer import (
     num_batches,
     term_inputs,
 )
+from fedwsa.protocol import ClientRow
 
 log = logging.getLogger(__name__)
-
-
-class _ClientResult(NamedTuple):
-    params: dict[str, torch.Tensor]
-    loss: float
-    steps: int
-    outputs: dict[str, torch.Tensor]
 
 
 class SequentialTrainer:
@@ -46,7 +39,7 @@ class SequentialTrainer:
         self.terms = list(terms or [])
 
     def train(self, task: CohortTask) -> CohortResult:
-        results: dict[int, _ClientResult] = {}
+        results: dict[int, ClientRow] = {}
         failures: dict[int, str] = {}
         for cid in task.client_ids:
             try:
@@ -54,25 +47,10 @@ class SequentialTrainer:
             except Exception as err:  # one bad client must not end the node's cohort
                 log.warning("client %d failed: %s", cid, err)
                 failures[cid] = f"{type(err).__name__}: {err}"
-        ids = [c for c in task.client_ids if c in results]
-        names = list(task.global_params)
-        stacked = {
-            n: torch.stack([results[c].params[n] for c in ids]) if ids else
-            task.global_params[n].new_empty((0, *task.global_params[n].shape))
-            for n in names
-        }
-        out_names = sorted({k for c in ids for k in results[c].outputs})
-        return CohortResult(
-            client_ids=ids,
-            params=stacked,
-            num_examples=[self.data.client_size(c) for c in ids],
-            train_loss=[results[c].loss for c in ids],
-            failures=failures,
-            steps=[results[c].steps for c in ids],
-            outputs={k: torch.stack([results[c].outputs[k] for c in ids]) for k in out_names},
-        )
+        rows = [results[c] for c in task.client_ids if c in results]
+        return CohortResult.from_rows(rows, task.global_params, failures)
 
-    def train_client(self, task: CohortTask, cid: int) -> _ClientResult:
+    def train_client(self, task: CohortTask, cid: int) -> ClientRow:
         """Local SGD for one client: its weights, last epoch's mean loss, steps, outputs."""
         s, data = self.settings, self.data
         device = data.device
@@ -87,6 +65,8 @@ class SequentialTrainer:
         own = term_inputs(self.terms, {k: v[row] for k, v in task.inputs.per_client.items()},
                           device)
         params = dict(self.model.named_parameters())
+        corrections = [t for t in self.terms if t.overrides("correct_grad")]
+        steps_after = [t for t in self.terms if t.overrides("after_step")]
         steps = 0
         loss_sum = torch.zeros((), device=device)
         for epoch in range(s.local_epochs):
@@ -110,12 +90,12 @@ class SequentialTrainer:
                 loss.backward()
                 with torch.no_grad():
                     grads = {n: p.grad for n, p in params.items() if p.grad is not None}
-                    for term in self.terms:
+                    for term in corrections:
                         term.correct_grad(grads, params, global_params, shared[term.name],
                                           own[term.name])
                 opt.step()
                 with torch.no_grad():
-                    for term in self.terms:
+                    for term in steps_after:
                         term.after_step(params, shared[term.name], own[term.name], s.lr)
                 steps += 1
                 loss_sum += ce.detach() * idx.numel()
@@ -126,4 +106,4 @@ class SequentialTrainer:
                 outputs.update(namespaced(term.name, term.outputs(
                     weights, global_params, shared[term.name], own[term.name],
                     torch.tensor(steps, device=device), s.lr)))
-        return _ClientResult(weights, float(loss_sum) / max(n, 1), steps, outputs)
+        return ClientRow(cid, weights, n, float(loss_sum) / max(n, 1), steps, outputs)

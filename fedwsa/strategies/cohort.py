@@ -24,7 +24,6 @@ from flwr.serverapp.strategy import Strategy
 from fedwsa.algorithms import ClientInputs, ClientUpdates, compose
 from fedwsa.algorithms.base import namespaced
 from fedwsa.config import Config
-from fedwsa.maths.merging import finite_clients
 from fedwsa.maths.scope import (
     model_scopes,
     regularised_names,
@@ -33,7 +32,15 @@ from fedwsa.maths.scope import (
     stacked_scopes,
 )
 from fedwsa.models import build_model
-from fedwsa.protocol import TrainRequest, from_arrays, pack_request, to_arrays, unpack_reply
+from fedwsa.protocol import (
+    ClientRow,
+    TrainReply,
+    TrainRequest,
+    from_arrays,
+    pack_request,
+    to_arrays,
+    unpack_reply,
+)
 
 
 def model_parameters(config: Config) -> dict[str, torch.Tensor]:
@@ -183,8 +190,7 @@ class CohortStrategy(Strategy):
         nodes (same sums in the same order).
         """
         failures: dict[int, str] = {}
-        per_client: dict[int, tuple[dict[str, torch.Tensor], int, float, int,
-                                    dict[str, torch.Tensor]]] = {}
+        rows: dict[int, ClientRow] = {}
         stats: dict[str, list[float]] = {}
         answered: set[int] = set()
         for msg in replies:
@@ -198,43 +204,23 @@ class CohortStrategy(Strategy):
             failures.update(reply.failures)
             for key, value in reply.stats.items():
                 stats.setdefault(key, []).append(value)
-            for i, cid in enumerate(reply.client_ids):
-                params = {k: v[i] for k, v in reply.params.items()}
-                steps = reply.steps[i] if reply.steps else 0
-                per_client[cid] = (params, reply.num_examples[i], reply.train_loss[i], steps,
-                                   {k: v[i] for k, v in reply.outputs.items()})
+            rows.update((row.client_id, row) for row in reply.rows())
         for node, clients in self._sent.items():
             if node not in answered:
                 for cid in clients:
                     failures[cid] = f"node {node} did not answer"
-        ids = sorted(per_client)
-        names = list(self._global)
-        params = {n: torch.stack([per_client[c][0][n] for c in ids]) if ids else
-                  self._global[n].new_empty((0, *self._global[n].shape)) for n in names}
-        out_names = sorted({k for c in ids for k in per_client[c][4]})
-        outputs = {k: torch.stack([per_client[c][4][k] for c in ids]) for k in out_names}
-        if ids:
-            finite = finite_clients(params)
-            for j in torch.nonzero(~finite).flatten().tolist():
-                failures[ids[j]] = "non-finite weights"
-            for j, cid in enumerate(ids):
-                if finite[j] and not math.isfinite(per_client[cid][2]):
-                    finite[j] = False
-                    failures[cid] = "non-finite train loss"
-            keep = [j for j in range(len(ids)) if bool(finite[j])]
-            params = {n: v[keep] for n, v in params.items()}
-            outputs = {n: v[keep] for n, v in outputs.items()}
-            ids = [ids[j] for j in keep]
-        for cid, reason in sorted(failures.items()):
+        merged = TrainReply.from_rows([rows[c] for c in sorted(rows)], self._global,
+                                      failures).finite_only()
+        for cid, reason in sorted(merged.failures.items()):
             log(WARNING, "client %d left out of aggregation: %s", cid, reason)
         return ClientUpdates(
-            client_ids=ids,
-            params=params,
-            num_examples=torch.tensor([per_client[c][1] for c in ids], dtype=torch.int64),
-            train_loss=[per_client[c][2] for c in ids],
-            steps=torch.tensor([per_client[c][3] for c in ids], dtype=torch.int64),
-            outputs=outputs,
-            failures=failures,
+            client_ids=merged.client_ids,
+            params=merged.params,
+            num_examples=torch.tensor(merged.num_examples, dtype=torch.int64),
+            train_loss=merged.train_loss,
+            steps=torch.tensor(merged.steps, dtype=torch.int64),
+            outputs=merged.outputs,
+            failures=merged.failures,
             stats={k: float(np.mean(v)) for k, v in stats.items()},
         )
 
