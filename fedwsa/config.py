@@ -99,6 +99,7 @@ RESUMABLE_KEYS: frozenset[str] = frozenset({
     "device",               # continue a GPU run on another machine (numerics may differ)
     "data-root",            # the same data may live somewhere else now
     "max-batched-clients",  # a memory knob: lower it after running out of GPU memory
+    "scaffold-store",       # the store may have been moved (its id is checked on resume)
 })
 """Config keys that may differ between a checkpoint and the run that resumes it.
 
@@ -107,7 +108,8 @@ refused (the message names each differing key and both values).
 """
 
 HARMLESS_KEYS: frozenset[str] = frozenset(
-    {"run-dir", "resume", "device", "data-root", "max-batched-clients", "checkpoint-every"})
+    {"run-dir", "resume", "device", "data-root", "max-batched-clients", "checkpoint-every",
+     "scaffold-store"})
 """Keys that change neither what a run trains nor what it records (bookkeeping, and where or
 how fast it runs): ``compare`` lets a cell's directory differ from the grid in these."""
 assert HARMLESS_KEYS <= RESUMABLE_KEYS <= set(KEYS_BY_NAME)
@@ -162,6 +164,7 @@ class Config:
     cart_lambda: float
     cart_conv: bool
     cart_svd: str
+    scaffold_store: str
     checkpoint_every: int
     resume: bool
     min_clients: int

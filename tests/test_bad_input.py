@@ -68,6 +68,25 @@ def make_run(tmp: Path, finished: bool, checkpoint: bool = True, lr: float = 0.0
         (run / "result.json").write_text('{"status": "finished", "rounds": 2}')
 
 
+def make_scaffold_run(tmp: Path, damage: Callable[[Path], object]) -> None:
+    """A finished 2-round SCAFFOLD run in TMP/run, then ``damage`` done to its store."""
+    from fedwsa.server.inprocess import run_in_process
+
+    run_in_process(make_config({"dataset": "synthetic", "num-clients": 4,
+                                "num-server-rounds": 2, "strategy": "scaffold",
+                                "run-dir": str(tmp / "run")}))
+    damage(tmp / "run" / "client-state")
+
+
+def set_store_id(store: Path, store_id: str) -> None:
+    meta = json.loads((store / "store.json").read_text())
+    (store / "store.json").write_text(json.dumps({**meta, "id": store_id}))
+
+
+def resume_longer(tmp: Path) -> list[str]:
+    return ["run", "--resume", str(tmp / "run"), "-c", "num-server-rounds=3"]
+
+
 CASES = [
     # one key at a time: type, range, unknown names
     Case("num-clients zero", run_c("num-clients=0"), "num-clients", "0"),
@@ -166,6 +185,22 @@ CASES = [
          prepare=lambda tmp: make_run(tmp, finished=False)),
     Case("run-dir is a file", run_c(""), "run-dir", "run",
          prepare=lambda tmp: (tmp / "run").write_text("x")),
+    # SCAFFOLD's client-state store
+    Case("scaffold-store under a file",
+         lambda tmp: ["run", "-c", f"{SMALL} strategy='scaffold' run-dir='{tmp / 'run'}' "
+                      f"scaffold-store='{tmp / 'file' / 'store'}'"], "scaffold-store", "file",
+         prepare=lambda tmp: (tmp / "file").write_text("x")),
+    Case("scaffold-store holds another store",
+         lambda tmp: ["run", "-c", f"{SMALL} strategy='scaffold' run-dir='{tmp / 'run'}' "
+                      f"scaffold-store='{tmp}'"], "scaffold-store", "holds files already",
+         prepare=lambda tmp: (tmp / "c3.r1.npy").write_bytes(b"")),
+    Case("resume with a corrupted client state", resume_longer, "scaffold-store", "c1.r2.npy",
+         prepare=lambda tmp: make_scaffold_run(
+             tmp, lambda s: (s / "c1.r2.npy").write_bytes(b"\x93NUMPY garbage"))),
+    Case("resume with a client state missing", resume_longer, "scaffold-store", "c2.r2.npy",
+         prepare=lambda tmp: make_scaffold_run(tmp, lambda s: (s / "c2.r2.npy").unlink())),
+    Case("resume with another run's store", resume_longer, "scaffold-store", "another run",
+         prepare=lambda tmp: make_scaffold_run(tmp, lambda s: set_store_id(s, "f" * 32))),
 ]
 
 

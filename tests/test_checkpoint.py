@@ -257,14 +257,16 @@ def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, min_round: int) 
 def test_sigkilled_run_resumed_ends_with_the_same_metrics(tmp_path: Path) -> None:
     """A real ``fedwsa run`` killed with SIGKILL (its whole process group, Ray included).
 
-    FedProx clients with server momentum: the optimiser's velocity must survive the kill."""
+    SCAFFOLD clients with server momentum, 4 of 20 clients per round: the optimiser's
+    velocity, SCAFFOLD's c and its on-disk store of c_i (written each round, checkpointed
+    incrementally) must all survive the kill."""
     overrides = ("dataset='synthetic' partition='iid' num-clients=20 fraction-train=0.2 "
                  "num-server-rounds=3 seed=11 trainer='batched' lr=0.05 batch-size=16 "
-                 "strategy='fedprox' prox-mu=0.1 server-opt='avgm' server-momentum=0.5")
+                 "strategy='scaffold' server-opt='avgm' server-momentum=0.5")
     ref = simulate(make_config({**SMALL, "trainer": "batched", "num-clients": 20,
                                 "fraction-train": 0.2, "num-server-rounds": 3, "seed": 11,
-                                "lr": 0.05, "batch-size": 16, "strategy": "fedprox",
-                                "prox-mu": 0.1, "server-opt": "avgm", "server-momentum": 0.5,
+                                "lr": 0.05, "batch-size": 16, "strategy": "scaffold",
+                                "server-opt": "avgm", "server-momentum": 0.5,
                                 "run-dir": str(tmp_path / "ref")}))
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "fedwsa.cli", "run", "-c", f"{overrides} run-dir='{run}'"]
@@ -288,3 +290,10 @@ def test_sigkilled_run_resumed_ends_with_the_same_metrics(tmp_path: Path) -> Non
     assert metrics(ref)[-1]["test-accuracy"] > 0.3  # it trained: equal numbers mean something
     assert json.loads((run / "result.json").read_text())["status"] == "finished"
     assert main(["run", "--resume", str(run)]) == 2  # finished: nothing left to resume
+    # The same control variates on disk, one file per client ever sampled.
+    ref_files = sorted(p.name for p in (ref / "client-state").glob("*.npy"))
+    assert sorted(p.name for p in (run / "client-state").glob("*.npy")) == ref_files
+    assert 4 <= len(ref_files) <= 12
+    for name in ref_files:
+        assert (run / "client-state" / name).read_bytes() == \
+            (ref / "client-state" / name).read_bytes(), name

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 import fedwsa
 from fedwsa import cli
 from fedwsa.data import SYNTHETIC_TRAIN
-from fedwsa.experiments.compare import GridSpec, build_spec, expand, parse_sweep
+from fedwsa.experiments.compare import GridSpec, Variant, build_spec, expand, parse_sweep
 from fedwsa.server import simulation
 from fedwsa.server.inprocess import run_in_process
 
@@ -343,7 +343,8 @@ def test_sweep_parsing_and_cell_order(tmp_path: Path) -> None:
     sweep = parse_sweep(["alpha=0.1,0.5 partition=iid,'dirichlet'", "lr=[0.01, 0.1]"])
     assert sweep == {"alpha": [0.1, 0.5], "partition": ["iid", "dirichlet"], "lr": [0.01, 0.1]}
     spec = build_spec(["fedavg", "fedwsa"], [3, 4], sweep, {"alpha": 0.9, "num-clients": 4})
-    assert spec == GridSpec(("fedavg", "fedwsa"), (3, 4), sweep, {"num-clients": 4})
+    assert spec == GridSpec((Variant("fedavg"), Variant("fedwsa")), (3, 4), sweep,
+                            {"num-clients": 4})
     cells = expand(spec, tmp_path)
     assert len(cells) == 2 * 2 * 2 * 2 * 2
     assert cells[0].path.name == "fedavg_alpha=0.1_partition=iid_lr=0.01_seed=3"
@@ -353,6 +354,36 @@ def test_sweep_parsing_and_cell_order(tmp_path: Path) -> None:
     for c in cells:
         assert c.config.run_dir == str(c.path)
         assert (c.config.alpha, c.config.partition, c.config.lr) == tuple(c.params.values())
+
+
+def test_strategy_entries_with_their_own_keys(tmp_path: Path) -> None:
+    """``{strategy = "fedwsa", wsa-beta = 0.1}``: the entry's keys win over base, name the
+    cell, and combine with the sweep; bad entries fail with one clear line."""
+    strategies = ["fedavg", {"strategy": "fedwsa", "wsa-beta": 0.1},
+                  {"strategy": "cart", "cart-rank": 0.1, "cart-lambda": 0.3}]
+    spec = build_spec(strategies, [0], {"alpha": [0.1]}, {"wsa-beta": 1.0, "num-clients": 4})
+    cells = expand(spec, tmp_path)
+    assert [c.path.name for c in cells] == [
+        "fedavg_alpha=0.1_seed=0", "fedwsa_wsa-beta=0.1_alpha=0.1_seed=0",
+        "cart_cart-rank=0.1_cart-lambda=0.3_alpha=0.1_seed=0"]
+    assert [c.config.wsa_beta for c in cells] == [1.0, 0.1, 1.0]
+    assert (cells[2].config.cart_rank, cells[2].config.cart_lambda) == (0.1, 0.3)
+    assert [v.record() for v in spec.strategies] == strategies
+    bad = [
+        (["fedavg", "fedavg"], "each value once"),
+        ([{"wsa-beta": 0.1}], "a strategy name, or a table"),
+        ([{"strategy": "fedwsa", "seed": 3}], "'seed'"),
+        ([{"strategy": "fedwsa", "wsa-bta": 0.1}], "'wsa-bta'"),
+        ([{"strategy": "fedwsa", "alpha": 0.3}], "set by the strategy entry or swept"),
+    ]
+    for entries, needle in bad:
+        with pytest.raises(ValueError, match=needle):
+            build_spec(entries, [0], {"alpha": [0.1]})
+    # The command line takes the same entries as a TOML array.
+    result = run_main(["compare", "--strategies", "['fedavg', {strategy='fedwsa', wsa-beta=0.1}]",
+                       "--seeds", "0", "-c", BASE, "--out", str(tmp_path / "exp"), "--dry-run"])
+    assert result.rc == 0, result.stderr
+    assert "fedwsa_wsa-beta=0.1_seed=0" in result.stdout
 
 
 def test_package_import_is_light_and_notebook_helpers() -> None:

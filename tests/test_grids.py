@@ -3,12 +3,13 @@ NIID-Bench grids hold NIID-Bench's setting (METHODS.md section 5)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from fedwsa.config import STRATEGIES, make_config
-from fedwsa.experiments.compare import build_spec, read_grid_file
+from fedwsa.experiments.compare import build_spec, expand, read_grid_file
 
 GRIDS = Path(__file__).resolve().parents[1] / "grids"
 NIID_BENCH = {"dataset": "cifar10", "partition": "dirichlet", "alpha": 0.5,
@@ -18,13 +19,13 @@ NIID_BENCH = {"dataset": "cifar10", "partition": "dirichlet", "alpha": 0.5,
 
 
 @pytest.mark.parametrize("path", sorted(GRIDS.glob("*.toml")), ids=lambda p: p.name)
-def test_every_cell_of_a_shipped_grid_is_a_valid_config(path: Path) -> None:
+def test_every_cell_of_a_shipped_grid_is_a_valid_config(path: Path, tmp_path: Path) -> None:
     data = read_grid_file(path)
     spec = build_spec(data["strategies"], data["seeds"], data.get("sweep"), data.get("base"))
-    assert set(spec.strategies) <= set(STRATEGIES)
-    for strategy in spec.strategies:
-        for seed in spec.seeds:
-            make_config({**spec.base, "strategy": strategy, "seed": seed})
+    assert {v.strategy for v in spec.strategies} <= set(STRATEGIES)
+    cells = expand(spec, tmp_path)  # validates every cell's config
+    assert len(cells) == len(spec.strategies) * len(spec.seeds) * math.prod(
+        len(v) for v in spec.sweep.values())
 
 
 @pytest.mark.parametrize(("name", "clients", "fraction", "rounds"), [

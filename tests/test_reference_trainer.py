@@ -20,7 +20,7 @@ from fedwsa.algorithms import client_terms
 from fedwsa.algorithms.base import ClientInputs
 from fedwsa.clients.batched import BatchedTrainer
 from fedwsa.clients.sequential import SequentialTrainer
-from fedwsa.clients.trainer import CohortTask, LocalSettings, epoch_generator
+from fedwsa.clients.trainer import CohortTask, LocalSettings
 from fedwsa.config import make_config
 from fedwsa.models import build_model
 
@@ -57,18 +57,11 @@ def reference_client(node, cid: int, global_params: dict[str, torch.Tensor], mu:
     model.load_state_dict(global_params)
     opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum,
                           weight_decay=s.weight_decay)
-    part = node.partitions[cid]
-    for epoch in range(s.local_epochs):
-        gen = epoch_generator(s.seed, ROUND, cid, epoch)
-        order = part[torch.randperm(len(part), generator=gen)]
-        for start in range(0, len(order), s.batch_size):
-            idx = order[start:start + s.batch_size]
-            x = (node.images[idx].float() / 255 - node.mean.view(-1, 1, 1)) \
-                / node.std.view(-1, 1, 1)
-            loss = hand_loss(model, x, node.labels[idx], global_params, mu, beta, target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    for x, y in nodes.reference_batches(node, cid, s, ROUND):
+        loss = hand_loss(model, x, y, global_params, mu, beta, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 

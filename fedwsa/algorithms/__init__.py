@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from fedwsa.algorithms import cart, fedavgm, fednova, fedopt, fedprox, wsa
+from fedwsa.algorithms import cart, fedavgm, fednova, fedopt, fedprox, scaffold, wsa
 from fedwsa.algorithms.base import (
     ClientInputs,
     ClientTerm,
@@ -50,6 +50,11 @@ PRESETS: dict[str, Preset] = {
     "cart": Preset((), "cart", "none", "Choi et al. 2024 (centred low-rank merging)"),
     "fedwsa-cart": Preset(("wsa",), "cart", "none", "WSA clients, CART merge"),
     "fednova": Preset((), "fednova", "none", "Wang et al. 2020 (NIID-Bench's normaliser)"),
+    "scaffold": Preset(("scaffold",), "mean", "none",
+                       "Karimireddy et al. 2020 (NIID-Bench's variant)"),
+    "fedwsa-fednova": Preset(("wsa",), "fednova", "none", "WSA clients, FedNova merge"),
+    "fedwsa-scaffold": Preset(("wsa", "scaffold"), "mean", "none",
+                              "WSA clients with SCAFFOLD's control variates"),
     "fedavgm": Preset((), "mean", "avgm", "Hsu et al. 2019"),
     "fedadam": Preset((), "mean", "adam", "Reddi et al. 2021"),
     "fedyogi": Preset((), "mean", "yogi", "Reddi et al. 2021"),
@@ -59,7 +64,8 @@ STRATEGIES = tuple(PRESETS)
 
 # Each client-objective algorithm module offers client_term(config, params) and
 # server_part(config, params); merge rules and server optimisers are built from the config.
-CLIENT_ALGORITHMS: dict[str, ModuleType] = {"fedprox": fedprox, "wsa": wsa}
+CLIENT_ALGORITHMS: dict[str, ModuleType] = {"fedprox": fedprox, "wsa": wsa,
+                                            "scaffold": scaffold}
 MERGES: dict[str, Callable[[Config], Merge]] = {
     "mean": lambda config: WeightedMean(),
     "cart": cart.CartMerge,
@@ -77,8 +83,8 @@ SVD_METHODS = cart.SVD_METHODS
 
 KEYS = (
     key("server-opt", AUTO, choice(AUTO, *SERVER_OPTS),
-        "Server optimiser on the pseudo-gradient (auto: the strategy's own, none for "
-        "fedavg, fedprox, fedwsa, cart, fedwsa-cart)."),
+        "Server optimiser on the pseudo-gradient (auto: the strategy's own; none but for "
+        f"{', '.join(n for n, p in PRESETS.items() if p.server_opt != 'none')})."),
     auto_number("server-lr", number(0.0, lo_open=True),
                 "Server learning rate eta (auto: Flower's default for the optimiser: avgm 1.0, "
                 "adam 0.1, yogi 0.01, adagrad 0.1)."),
@@ -87,6 +93,7 @@ KEYS = (
     *fedprox.KEYS,
     *wsa.KEYS,
     *cart.KEYS,
+    *scaffold.KEYS,
 )
 
 

@@ -144,6 +144,13 @@ class ServerPart:
         """One line for the run's log."""
         return self.name
 
+    def preflight(self, state: Mapping[str, Any] | None) -> None:
+        """Check, writing nothing, that the part can start a new run (``state`` None) or resume
+        from its checkpointed ``state`` (e.g. its on-disk client state); ``ConfigError``."""
+
+    def committed(self) -> None:
+        """A checkpoint holding ``state_dict()`` is safely on disk (drop what it superseded)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -143,7 +143,9 @@ def add_result_commands(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     compare.add_argument("grid", nargs="?", help="grid TOML file (flags given too override it)")
     compare.add_argument("--strategies", help="comma-separated strategy presets among "
-                         + ", ".join(STRATEGIES) + " (e.g. fedavg,fedprox,fedwsa)")
+                         + ", ".join(STRATEGIES) + " (e.g. fedavg,fedprox,fedwsa), or a TOML "
+                         "array whose entries may carry their own keys, e.g. \"['fedavg', "
+                         "{strategy='fedwsa', wsa-beta=0.1}]\"")
     compare.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,3")
     compare.add_argument(
         "--sweep",

@@ -52,6 +52,20 @@ CURVES_STEM = "curves"
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A strategy of the grid, with keys of its own: ``"fedavg"``, or in TOML
+    ``{strategy = "fedwsa", wsa-beta = 0.1}``, so one grid compares settings a sweep cannot
+    express as a product (each method at its own knobs)."""
+
+    strategy: str
+    keys: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> str | dict[str, Any]:
+        """As a grid file spells it."""
+        return {"strategy": self.strategy, **self.keys} if self.keys else self.strategy
+
+
+@dataclass(frozen=True)
 class GridSpec:
     """What to run: strategies x seeds x every combination of the swept values, over ``base``.
 
@@ -59,7 +73,7 @@ class GridSpec:
     every cell shares. Values are as the user gave them; ``expand`` validates them.
     """
 
-    strategies: tuple[str, ...]
+    strategies: tuple[Variant, ...]
     seeds: tuple[int, ...]
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     base: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +85,7 @@ class Cell:
 
     strategy: str
     seed: int
-    params: dict[str, Any]  # swept key -> value, as resolved by make_config
+    params: dict[str, Any]  # the strategy entry's keys and swept keys -> resolved value
     config: Config
     path: Path
 
@@ -213,11 +227,14 @@ def build_spec(
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError("seeds", seed, "integers >= 0, e.g. 1,2,3")
-    for name, values in (("strategies", strategies), ("seeds", seeds)):
-        if len(set(values)) != len(values):
-            raise ConfigError(name, list(values), f"each value once in {name}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError("seeds", list(seeds), "each value once in seeds")
     sweep = dict(sweep or {})
     base = dict(base or {})
+    variants = tuple(_variant(entry, sweep) for entry in strategies)
+    records = [json.dumps(v.record(), sort_keys=True) for v in variants]
+    if len(set(records)) != len(records):
+        raise ConfigError("strategies", list(strategies), "each value once in strategies")
     for key, values in sweep.items():
         if key in _CELL_KEYS:
             raise ConfigError(key, values, _CELL_KEYS[key])
@@ -232,7 +249,25 @@ def build_spec(
             raise ConfigError(key, value, _CELL_KEYS[key])
     # A swept key overrides the same key in base (a TOML base plus a --sweep on the CLI).
     base = {k: v for k, v in base.items() if k not in sweep}
-    return GridSpec(tuple(str(s) for s in strategies), tuple(int(s) for s in seeds), sweep, base)
+    return GridSpec(variants, tuple(int(s) for s in seeds), sweep, base)
+
+
+def _variant(entry: Any, sweep: Mapping[str, Any]) -> Variant:
+    """A ``strategies`` entry: a preset name, or a table with ``strategy`` and its own keys."""
+    if isinstance(entry, str):
+        return Variant(entry)
+    accepted = ("a strategy name, or a table such as {strategy = \"fedwsa\", wsa-beta = 0.1}")
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("strategy"), str):
+        raise ConfigError("strategies", entry, accepted)
+    keys = {k: v for k, v in entry.items() if k != "strategy"}
+    for key in keys:
+        if key in _CELL_KEYS:
+            raise ConfigError(key, keys[key], _CELL_KEYS[key])
+        if key not in KEYS_BY_NAME:
+            raise ConfigError(key, keys[key], "a known key (see `fedwsa keys` or the README)")
+        if key in sweep:
+            raise ConfigError(key, keys[key], "set by the strategy entry or swept, not both")
+    return Variant(entry["strategy"], keys)
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,14 +292,15 @@ def expand(spec: GridSpec, out: Path) -> list[Cell]:
     keys = list(spec.sweep)
     cells: list[Cell] = []
     names: set[str] = set()
-    for strategy in spec.strategies:
+    for variant in spec.strategies:
+        strategy = variant.strategy
         for combo in itertools.product(*(spec.sweep[k] for k in keys)):
             for seed in spec.seeds:
-                values = {**spec.base, **dict(zip(keys, combo, strict=True))}
+                values = {**spec.base, **variant.keys, **dict(zip(keys, combo, strict=True))}
                 values.update(strategy=strategy, seed=seed)
                 config = make_config(values)
                 resolved = config.to_dict()
-                params = {k: resolved[k] for k in keys}
+                params = {k: resolved[k] for k in [*variant.keys, *keys]}
                 name = cell_name(strategy, params, seed)
                 while name in names:  # two values that print alike after sanitising
                     name += "+"
@@ -279,10 +315,10 @@ def grid_record(spec: GridSpec, cells: Sequence[Cell]) -> dict[str, Any]:
     sweep: dict[str, list[Any]] = {key: [] for key in spec.sweep}
     for cell in cells:
         for key, value in cell.params.items():
-            if value not in sweep[key]:
+            if key in sweep and value not in sweep[key]:
                 sweep[key].append(value)
     return {
-        "strategies": list(spec.strategies),
+        "strategies": [v.record() for v in spec.strategies],
         "seeds": list(spec.seeds),
         "sweep": sweep,
         "base": dict(spec.base),

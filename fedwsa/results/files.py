@@ -17,14 +17,13 @@ never parsed: groups come from the configs themselves.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from fedwsa.atomic import write_text_atomic
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -38,38 +37,7 @@ IGNORED_KEYS: frozenset[str] = frozenset({"seed", "run-dir"})
 PathLike = Path | str
 
 
-# --------------------------------------------------------------------------------------------
-# Atomic writes (shared with the writer side)
-# --------------------------------------------------------------------------------------------
 
-
-def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` so readers never see a half-written file.
-
-    The bytes go to a temporary file in the same directory (same filesystem) which is then
-    renamed over ``path`` with ``os.replace``; a crash leaves either the old or the new file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600 files; results are meant to be shared like any other output.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    return path
-
-
-def write_text_atomic(path: PathLike, text: str) -> Path:
-    """Write UTF-8 ``text`` atomically (temp file in the same directory + ``os.replace``)."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: PathLike, obj: Any, *, indent: int | None = 2) -> Path:

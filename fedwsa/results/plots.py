@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fedwsa.atomic import write_bytes_atomic
 from fedwsa.results.files import (
     GroupKey,
     PathLike,
@@ -29,7 +30,6 @@ from fedwsa.results.files import (
     is_number,
     read_config,
     read_metrics,
-    write_bytes_atomic,
 )
 
 ACCURACY = "test-accuracy"

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
+from fedwsa.atomic import write_text_atomic
 from fedwsa.config import Config
-from fedwsa.results.files import write_json_atomic, write_text_atomic
+from fedwsa.results.files import write_json_atomic
 
 CONFIG_FILE, METRICS_FILE, RESULT_FILE, MODEL_FILE = (
     "config.json", "metrics.jsonl", "result.json", "model.pt",

@@ -129,6 +129,7 @@ def run_federation(grid: Grid, config: Config) -> Path:
             round=server_round, config=config.to_dict(), params=params,
             strategy=strategy.state_dict(), rng=capture_rng(), metrics=list(writer.rows),
             elapsed_s=time.monotonic() - t0))
+        strategy.committed()
 
     log(INFO, "[fedwsa] run directory: %s", run_path.resolve())
     nodes = wait_for_nodes(grid)

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedwsa.atomic import write_bytes_atomic
 from fedwsa.config import RESUMABLE_KEYS, ConfigError
-from fedwsa.results.files import write_bytes_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 2  # 2: the strategy state is keyed by algorithm part (fedwsa.algorithms)

@@ -15,11 +15,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedwsa.config import Config, ConfigError, make_config
 from fedwsa.results.rundir import CONFIG_FILE, default_run_dir, run_state
 from fedwsa.server.checkpoint import Checkpoint, check_compatible, load_checkpoint
+
+if TYPE_CHECKING:
+    from fedwsa.strategies import CohortStrategy
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,8 @@ def check_data(config: Config) -> int:
     return data.num_classes
 
 
-def check_model_and_strategy(config: Config, num_classes: int) -> None:
-    """The model builds and trains functionally, wsa-layers exist, the strategy is installed."""
+def check_model_and_strategy(config: Config, num_classes: int) -> CohortStrategy:
+    """The model builds and trains functionally, wsa-layers exist, the strategy builds."""
     from fedwsa.algorithms.wsa import resolve_wsa_layers
     from fedwsa.device import resolve_device
     from fedwsa.models import build_model, check_functional
@@ -81,7 +84,7 @@ def check_model_and_strategy(config: Config, num_classes: int) -> None:
     # Checked for every strategy: a typo here is a bad value even where WSA is off.
     resolve_wsa_layers(config.wsa_layers, dict(model.named_parameters()))
     try:
-        build_strategy(config)
+        return build_strategy(config)
     except ImportError as err:
         raise ConfigError("strategy", config.strategy,
                           f"a strategy installed here (import failed: {err})") from err
@@ -131,8 +134,11 @@ def preflight(config: Config) -> RunPlan:
     check_keys(config)
     if not config.run_dir:
         config = config.replace(run_dir=str(default_run_dir(config)))
-    check_model_and_strategy(config, check_data(config))
+    strategy = check_model_and_strategy(config, check_data(config))
     ckpt = check_run_dir(config)
+    # The strategy's own storage (SCAFFOLD's client-state store): writable for a new run,
+    # present, this run's and intact for a resumed one.
+    strategy.preflight(None if ckpt is None else ckpt.strategy)
     return RunPlan(config, Path(config.run_dir), ckpt)
 
 

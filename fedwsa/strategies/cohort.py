@@ -155,6 +155,17 @@ class CohortStrategy(Strategy):
         for p in self.composition.all_parts():
             p.load_state_dict(dict(state.get(p.name, {})))  # type: ignore[call-overload]
 
+    def preflight(self, state: dict[str, object] | None) -> None:
+        """Every part checks, writing nothing, that it can start (``state`` None) or resume
+        from the checkpointed ``state``."""
+        for p in self.composition.all_parts():
+            p.preflight(None if state is None else dict(state.get(p.name, {})))  # type: ignore[call-overload]
+
+    def committed(self) -> None:
+        """The last ``state_dict()`` is safely in a checkpoint."""
+        for p in self.composition.all_parts():
+            p.committed()
+
     # --- Flower Strategy ------------------------------------------------------------------
     def summary(self) -> None:
         cfg = self.config
