@@ -197,6 +197,26 @@ def test_group_runs_uses_grid_json(tmp_path: Path) -> None:
     assert [k.label for k in group_runs(find_runs([exp]), swept_keys=[])] == ["fedwsa", "fedavg"]
 
 
+def test_group_runs_with_strategy_entries_of_their_own_keys(tmp_path: Path) -> None:
+    """``strategies = ["fedavg", {strategy = "fedwsa", wsa-beta = ...}]``: each fedwsa beta is
+    a group of its own, and fedavg's (unused) wsa-beta neither splits nor labels its group."""
+    exp = tmp_path / "exp"
+    cells = []
+    for strategy, own in (("fedavg", {}), ("fedwsa", {"wsa-beta": 0.1}),
+                          ("fedwsa", {"wsa-beta": 0.3})):
+        for seed in (0, 1):
+            run = make_run(exp, strategy, seed, [0.1, 0.2 + seed],
+                           extra_config={"wsa-beta": own.get("wsa-beta", 1.0)})
+            cells.append({"run-dir": run.name, "strategy": strategy, "seed": seed, "sweep": own})
+    grid = {"strategies": ["fedavg", {"strategy": "fedwsa", "wsa-beta": 0.1},
+                           {"strategy": "fedwsa", "wsa-beta": 0.3}],
+            "seeds": [0, 1], "sweep": {}, "cells": cells}
+    (exp / "grid.json").write_text(json.dumps(grid))
+    groups = group_runs(find_runs([exp]))
+    assert [k.label for k in groups] == ["fedavg", "fedwsa wsa-beta=0.1", "fedwsa wsa-beta=0.3"]
+    assert all(len(members) == 2 for members in groups.values())
+
+
 def test_atomic_writes_leave_no_temp_files(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "result.json"
     write_json_atomic(target, {"status": "finished", "wall-s": 1.5})

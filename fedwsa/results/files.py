@@ -207,9 +207,10 @@ def infer_swept_keys(runs: Sequence[PathLike]) -> list[str]:
     """The config keys that define experiment cells for these runs (besides ``strategy``).
 
     When every run sits in an experiment directory with ``grid.json``, the union of the grids'
-    ``sweep`` keys is used (in grid order), so incidental config differences do not split
-    groups. Otherwise every config key whose value differs between runs, except ``seed``,
-    ``run-dir`` and ``strategy``, in sorted order.
+    strategy entries' own keys (``{strategy = "fedwsa", wsa-beta = 0.1}``) and ``sweep`` keys
+    is used (in grid order), so incidental config differences do not split groups. Otherwise
+    every config key whose value differs between runs, except ``seed``, ``run-dir`` and
+    ``strategy``, in sorted order.
     """
     run_paths = [Path(r) for r in runs]
     grids = [read_grid(r.parent) for r in {r.parent.resolve(): r for r in run_paths}.values()]
@@ -217,8 +218,8 @@ def infer_swept_keys(runs: Sequence[PathLike]) -> list[str]:
         keys: list[str] = []
         for grid in grids:
             assert grid is not None
-            sweep = grid.get("sweep") or {}
-            for key in sweep:
+            entries = [e for e in grid.get("strategies") or [] if isinstance(e, dict)]
+            for key in [*(k for e in entries for k in e), *(grid.get("sweep") or {})]:
                 if key not in keys and key not in IGNORED_KEYS and key != "strategy":
                     keys.append(key)
         return keys
@@ -265,7 +266,10 @@ def group_label(key: Sequence[tuple[str, Any]]) -> str:
     """Readable label for a group key: the strategy, then ``key=value`` for each swept key."""
     parts: list[str] = []
     for name, value in key:
-        parts.append(format_value(value) if name == "strategy" else f"{name}={format_value(value)}")
+        if name == "strategy":
+            parts.append(format_value(value))
+        elif value is not None:  # None: a key that is not this group's (see group_runs)
+            parts.append(f"{name}={format_value(value)}")
     return " ".join(parts)
 
 
@@ -298,8 +302,10 @@ def group_runs(
     groups: dict[GroupKey, list[tuple[Any, Path]]] = {}
     for run in run_paths:
         config = read_config(run)
+        own = _cell_keys(run)
         pairs = [("strategy", config.get("strategy", "unknown"))]
-        pairs += [(k, hashable(config.get(k))) for k in keys]
+        pairs += [(k, hashable(config.get(k)) if own is None or k in own else None)
+                  for k in keys]
         groups.setdefault(GroupKey(pairs), []).append((config.get("seed"), run))
 
     def order(key: GroupKey) -> tuple[Any, ...]:
@@ -316,12 +322,26 @@ def group_runs(
     }
 
 
+def _cell_keys(run: Path) -> set[str] | None:
+    """The keys that define ``run``'s cell in its grid (its strategy entry's own keys and the
+    swept ones), or None outside a grid: another entry's keys (fedwsa's ``wsa-beta`` for a
+    fedavg run) do not split or label its group."""
+    grid = read_grid(run.parent)
+    if grid is None:
+        return None
+    for cell in grid.get("cells") or []:
+        if isinstance(cell, dict) and cell.get("run-dir") == run.name:
+            return {*(cell.get("sweep") or {}), *(grid.get("sweep") or {})}
+    return None
+
+
 def _strategy_order(runs: Iterable[Path]) -> list[str]:
     """Strategy order as listed in the experiments' ``grid.json`` files (first seen first)."""
     order: list[str] = []
     for parent in dict.fromkeys(r.parent.resolve() for r in runs):
         grid = read_grid(parent)
-        for strategy in (grid or {}).get("strategies") or []:
+        for entry in (grid or {}).get("strategies") or []:
+            strategy = entry.get("strategy") if isinstance(entry, dict) else entry
             if isinstance(strategy, str) and strategy not in order:
                 order.append(strategy)
     return order
