@@ -169,12 +169,14 @@ TermArrays = dict[str, dict[str, torch.Tensor]]  # term name -> its arrays
 
 @dataclass
 class _Round:
-    """What every chunk of one ``train`` call shares, on the device."""
+    """What every chunk of one ``train`` call shares (on the device but ``per_client``)."""
 
     task: CohortTask
     global_params: dict[str, torch.Tensor]
     shared: TermArrays
-    per_client: dict[str, torch.Tensor]  # namespaced, rows in task.client_ids order
+    per_client: dict[str, torch.Tensor]  # namespaced, rows in task.client_ids order, as sent
+    # (on the CPU: only a chunk's rows go to the device, so a model-sized per-client input,
+    # e.g. SCAFFOLD's c - c_i, costs a chunk's worth of GPU memory, not the cohort's)
     row: dict[int, int]                  # client id -> its row
 
 
@@ -240,7 +242,7 @@ class BatchedTrainer:
         dev = self.data.device
         rnd = _Round(task, {n: v.to(dev) for n, v in task.global_params.items()},
                      term_inputs(self.terms, task.inputs.shared, dev),
-                     {k: v.to(dev) for k, v in task.inputs.per_client.items()},
+                     dict(task.inputs.per_client),
                      {c: i for i, c in enumerate(task.client_ids)})
         t0 = time.perf_counter()
         groups = share_out(sizes, self.settings, self.workers)
@@ -266,8 +268,9 @@ class BatchedTrainer:
         computed = real = 0.0
         for chunk in plan_chunks(group, self.settings, self.max_clients):
             layout = layout_chunk(self.data, chunk, self.settings, rnd.task.server_round)
-            rows = torch.tensor([rnd.row[c] for c in chunk], device=self.data.device)
-            own = term_inputs(self.terms, {k: v[rows] for k, v in rnd.per_client.items()},
+            rows = [rnd.row[c] for c in chunk]
+            own = term_inputs(self.terms, {k: v[torch.tensor(rows, device=v.device)]
+                                           for k, v in rnd.per_client.items()},
                               self.data.device)
             params, losses, c, r = self._train_chunk(rnd, own, layout, self._grads[worker])
             computed, real = computed + c, real + r
