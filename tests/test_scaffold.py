@@ -73,7 +73,7 @@ def reference_rounds(node, g0):
             c_global[k] += total_delta[k] / len(SIZES)
         n = sum(SIZES[c] for c in cohort)
         g = {k: sum(nets[c][k] * (SIZES[c] / n) for c in cohort) for k in g}
-    return g, c_global, c_local
+    return g, c_global, c_local, nets
 
 
 @pytest.mark.parametrize("trainer", ["sequential", "batched"])
@@ -87,7 +87,7 @@ def test_three_rounds_match_niid_benchs_loop(trainer: str, tmp_path: Path) -> No
     terms = client_terms(config, g)
     train = (SequentialTrainer(model, node, SETTINGS, terms) if trainer == "sequential" else
              BatchedTrainer(model, node, SETTINGS, max_clients=2, terms=terms))
-    ref_g, ref_c, ref_ci = reference_rounds(node, g)
+    ref_g, ref_c, ref_ci, ref_last = reference_rounds(node, g)
 
     for rnd, cohort in COHORTS.items():
         task = CohortTask(rnd, cohort, g, strategy.client_inputs(rnd, g, cohort))
@@ -98,6 +98,9 @@ def test_three_rounds_match_niid_benchs_loop(trainer: str, tmp_path: Path) -> No
         g = strategy.aggregate(rnd, g, updates)
 
     close = {"rtol": 1e-4, "atol": 2e-5}
+    for k, cid in enumerate(got.client_ids):  # the last round's clients, each one
+        for name in g:
+            torch.testing.assert_close(got.params[name][k], ref_last[cid][name], **close)
     for name in g:
         torch.testing.assert_close(g[name], ref_g[name], **close)
     part = strategy.part("scaffold")
