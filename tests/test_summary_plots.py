@@ -378,6 +378,16 @@ def test_write_summary_writes_both_files(exp: Path) -> None:
     assert "0.9 × the best final mean accuracy (76.5%, fedwsa)" in md
     # The summary files themselves are not mistaken for runs on the next call.
     assert len(find_runs([exp])) == 4
+    # Every run's own figures: in the Markdown's "Runs" section and in runs.csv.
+    assert "| fedwsa | 2 | 3 | 78.0 | 80.0 (2) | yes |" in md.split("## Runs")[1]
+    with (exp / "runs.csv").open() as fh:
+        runs = list(csv.DictReader(fh))
+    got = {(r["group"], int(r["seed"])): r for r in runs}
+    assert set(got) == set(ACC)
+    for key, accs in ACC.items():
+        assert float(got[key]["final-acc"]) == accs[-1]
+        assert float(got[key]["best-acc"]) == max(accs)
+        assert int(got[key]["best-round"]) == accs.index(max(accs))
 
 
 def test_summary_with_swept_key(tmp_path: Path) -> None:

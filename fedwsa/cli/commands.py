@@ -89,7 +89,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
               "resume the rest", file=sys.stderr)  # fmt: skip
         return 130
     print(result.summary)
-    print(f"summary: {result.out / 'summary.md'}, {result.out / 'summary.csv'}")
+    print(f"summary: {result.out / 'summary.md'}, {result.out / 'summary.csv'}, "
+          f"{result.out / 'runs.csv'}")
     if result.figures:
         print("figure: " + ", ".join(str(p) for p in result.figures))
     for cell, reason in result.failed:
@@ -109,7 +110,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         markdown = write_summary(exp, parse_target(args.target),
                                  include_unfinished=args.include_unfinished)  # fmt: skip
     print(markdown)
-    print(f"summary: {exp / 'summary.md'}, {exp / 'summary.csv'}")
+    print(f"summary: {exp / 'summary.md'}, {exp / 'summary.csv'}, {exp / 'runs.csv'}")
     return 0
 
 

@@ -6,7 +6,8 @@ the swept keys, and lands in its own run directory under one experiment director
 
     EXP/grid.json                      the grid: strategies, seeds, sweep, base, cells
     EXP/fedavg_alpha=0.1_seed=1/       one run directory per cell (config.json, metrics.jsonl, ...)
-    EXP/summary.md, EXP/summary.csv    written after the grid (``fedwsa.results.summary``)
+    EXP/summary.md, EXP/summary.csv    written after the grid (``fedwsa.results.summary``),
+    EXP/runs.csv                       with every run's final and best accuracy
     EXP/curves.png, EXP/curves.svg     test accuracy and loss per round (``fedwsa.results.plots``)
 
 Why the grid is checked as a whole first: a typo in the fifth strategy must not surface hours

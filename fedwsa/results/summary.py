@@ -29,6 +29,7 @@ from fedwsa.results.files import (
     infer_swept_keys,
     is_finished,
     is_number,
+    read_config,
     read_metrics,
     wall_seconds,
     write_text_atomic,
@@ -216,6 +217,32 @@ def summarize(
     return rows
 
 
+def run_rows(paths: Sequence[PathLike] | PathLike, *,
+             swept_keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per run (the replicates behind ``summarize``'s means), in group then seed order:
+    ``group``, ``seed``, ``run-dir``, ``finished``, ``final-round``, ``final-acc``,
+    ``best-acc``, ``best-round`` (first round at the best accuracy), ``wall-s``."""
+    runs = find_runs(paths)
+    keys = list(infer_swept_keys(runs) if swept_keys is None else swept_keys)
+    rows: list[dict[str, Any]] = []
+    for key, members in group_runs(runs, keys).items():
+        for run in members:
+            stats = _run_stats(run)
+            best = max((acc for _, acc in stats.curve), default=math.nan)
+            rows.append({
+                "group": key.label,
+                "seed": read_config(run).get("seed"),
+                "run-dir": run.name,
+                "finished": stats.finished,
+                "final-round": stats.final_round if stats.curve else None,
+                "final-acc": stats.final_acc if stats.curve else math.nan,
+                "best-acc": best,
+                "best-round": stats.rounds_to(best) if stats.curve else None,
+                "wall-s": stats.wall_s,
+            })
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------
@@ -320,6 +347,18 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
+def runs_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """``run_rows`` as a Markdown table (accuracies in percent)."""
+    lines = ["| group | seed | final round | final acc. (%) | best acc. (%) (round) | finished |",
+             "|:---|---:|---:|---:|---:|:---|"]
+    for r in rows:
+        final = "–" if _missing(r["final-acc"]) else f"{100 * r['final-acc']:.1f}"
+        best = "–" if _missing(r["best-acc"]) else f"{100 * r['best-acc']:.1f} ({r['best-round']})"
+        lines.append(f"| {_cell(str(r['group']))} | {r['seed']} | {r['final-round'] or '–'} | "
+                     f"{final} | {best} | {'yes' if r['finished'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def _csv_value(value: Any) -> str:
     if _missing(value):
         return ""
@@ -333,7 +372,8 @@ def _csv_value(value: Any) -> str:
 
 
 def to_csv(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
-    """Write ``summarize`` rows as CSV (atomically); missing values are empty cells.
+    """Write ``summarize`` (or ``run_rows``) rows as CSV (atomically); missing values are
+    empty cells.
 
     Columns are the union of the rows' keys in first-seen order, accuracies stay fractions.
     """
@@ -353,9 +393,10 @@ def write_summary(
     swept_keys: Sequence[str] | None = None,
     include_unfinished: bool = False,
 ) -> str:
-    """Summarise an experiment directory into ``EXP/summary.md`` and ``EXP/summary.csv``.
+    """Summarise an experiment directory into ``EXP/summary.md`` and ``EXP/summary.csv``, with
+    every run's own figures in ``summary.md``'s "Runs" section and ``EXP/runs.csv``.
 
-    Both are written atomically so a dashboard reading them never sees half a file. Returns
+    All are written atomically so a dashboard reading them never sees half a file. Returns
     the Markdown text that was written.
     """
     exp_dir = Path(exp_dir)
@@ -381,7 +422,10 @@ def write_summary(
             )
         else:
             head.append(f"Target accuracy {100 * target:.1f}% (given).")
-    markdown = "\n".join(head) + "\n\n" + to_markdown(rows)
+    runs = run_rows([exp_dir], swept_keys=swept_keys)
+    markdown = ("\n".join(head) + "\n\n" + to_markdown(rows) + "\n## Runs\n\n"
+                + runs_markdown(runs))
     write_text_atomic(exp_dir / "summary.md", markdown)
     to_csv(rows, exp_dir / "summary.csv")
+    to_csv(runs, exp_dir / "runs.csv")
     return markdown
