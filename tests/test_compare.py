@@ -300,6 +300,8 @@ def test_bad_grid_fails_before_any_run(
         (compare_argv(out, "--sweep", "alpha=0.5,-1"), "'alpha' = -1.0", "(0.0, inf]"),
         (compare_argv(out, base=BASE + " lr=0"), "'lr' = 0.0", "(0.0, inf]"),
         (compare_argv(out, "--sweep", "seed=1,2"), "'seed'", "--seeds"),
+        (compare_argv(out, base=BASE + " scaffold-store='/tmp/store'"), "'scaffold-store'",
+         "in its run directory"),
         (["compare", "--strategies", "fedavg,nope", "--seeds", "1", "--out", str(out)],
          "'strategy' = 'nope'", "fedavg, fedprox, fedwsa"),
         (["compare", "--strategies", "fedavg", "--seeds", "1"], "'--out'", "directory"),

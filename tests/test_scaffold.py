@@ -15,9 +15,12 @@ import nodes
 import numpy as np
 import pytest
 import torch
+from local_grid import LocalGrid
 
+import fedwsa.server.app as server_app
 from fedwsa.algorithms import ClientUpdates, client_terms
 from fedwsa.algorithms.client_state import ClientStateStore
+from fedwsa.algorithms.scaffold import ScaffoldServer
 from fedwsa.clients.batched import BatchedTrainer
 from fedwsa.clients.sequential import SequentialTrainer
 from fedwsa.clients.trainer import CohortTask, LocalSettings
@@ -226,3 +229,53 @@ def test_wsa_combinations_run_alike_on_both_trainers(strategy: str, tmp_path: Pa
     assert acc["seq"] == pytest.approx(acc["bat"], abs=2e-3)
     assert acc["seq"] != acc["plain"]
     assert acc["seq"][-1] > 0.3
+
+
+def test_a_client_without_steps_keeps_its_control_variate_and_leaves_c_alone(
+        tmp_path: Path) -> None:
+    config = make_config({"strategy": "scaffold", "num-clients": 4, "lr": 0.5,
+                          "run-dir": str(tmp_path)})
+    layout = params_layout()
+    part = ScaffoldServer(config, layout)
+    g = {k: torch.zeros_like(v) for k, v in layout.items()}
+    y = {k: torch.stack([v - 1.0, v]) for k, v in g.items()}  # client 0 moved, client 1 not
+    updates = ClientUpdates([0, 1], y, torch.tensor([10, 0]), [0.0, 0.0],
+                            steps=torch.tensor([2, 0]))
+    part.after_merge(1, g, g, updates)
+    # c_0+ = 0 - 0 + (0 - (-1)) / (2 * 0.5) = 1; c = 1 / 4; client 1 never written: zero.
+    stored = part.store.read([0, 1])
+    assert stored["w"][0].unique().tolist() == [1.0] and stored["w"][1].abs().sum() == 0
+    assert part.c["b"].unique().tolist() == [0.25]
+    assert sorted(p.name for p in part.store.path.glob("*.npy")) == ["c0.r1.npy"]
+
+
+def test_a_crash_between_the_store_write_and_the_checkpoint_resumes_exactly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
+    """Round 3 writes every client's c_i, then dies before its checkpoint: the resumed run
+    must find the round-2 files the round-2 checkpoint refers to (kept until a checkpoint
+    supersedes them), and end as the uninterrupted run, over two nodes."""
+    base = make_config({"dataset": "synthetic", "num-clients": 4, "num-server-rounds": 4,
+                        "strategy": "scaffold", "trainer": "sequential", "lr": 0.03})
+    ref = server_app.run_federation(LocalGrid([1, 2]), base.replace(run_dir=str(tmp_path / "r")))
+    real_save = server_app.save_checkpoint
+
+    def dies_in_round_3(run_dir, ckpt):
+        if ckpt.round == 3:
+            raise RuntimeError("killed before the round-3 checkpoint")
+        return real_save(run_dir, ckpt)
+
+    monkeypatch.setattr(server_app, "save_checkpoint", dies_in_round_3)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        server_app.run_federation(LocalGrid([1, 2]), base.replace(run_dir=str(run)))
+    assert sorted(p.name for p in (run / "client-state").glob("*.npy")) == [
+        f"c{c}.r{r}.npy" for c in range(4) for r in (2, 3)]
+    monkeypatch.setattr(server_app, "save_checkpoint", real_save)
+    server_app.run_federation(LocalGrid([1, 2]), base.replace(run_dir=str(run), resume=True))
+
+    def acc(path: Path) -> list[float]:
+        return [json.loads(line)["test-accuracy"] for line in (path / "metrics.jsonl").open()]
+
+    assert acc(run) == acc(ref) and len(acc(run)) == 5
+    assert sorted(p.name for p in (run / "client-state").glob("*.npy")) == [
+        f"c{c}.r4.npy" for c in range(4)]

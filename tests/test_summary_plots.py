@@ -205,8 +205,9 @@ def test_group_runs_with_strategy_entries_of_their_own_keys(tmp_path: Path) -> N
     for strategy, own in (("fedavg", {}), ("fedwsa", {"wsa-beta": 0.1}),
                           ("fedwsa", {"wsa-beta": 0.3})):
         for seed in (0, 1):
+            # fedavg's (unused) wsa-beta differs between its seeds: it must not split them.
             run = make_run(exp, strategy, seed, [0.1, 0.2 + seed],
-                           extra_config={"wsa-beta": own.get("wsa-beta", 1.0)})
+                           extra_config={"wsa-beta": own.get("wsa-beta", 1.0 + seed)})
             cells.append({"run-dir": run.name, "strategy": strategy, "seed": seed, "sweep": own})
     grid = {"strategies": ["fedavg", {"strategy": "fedwsa", "wsa-beta": 0.1},
                            {"strategy": "fedwsa", "wsa-beta": 0.3}],
@@ -215,6 +216,14 @@ def test_group_runs_with_strategy_entries_of_their_own_keys(tmp_path: Path) -> N
     groups = group_runs(find_runs([exp]))
     assert [k.label for k in groups] == ["fedavg", "fedwsa wsa-beta=0.1", "fedwsa wsa-beta=0.3"]
     assert all(len(members) == 2 for members in groups.values())
+    # Keys that differ between grids that set no entry keys still split groups.
+    for name, lr in (("b", 0.05), ("c", 0.01)):
+        other = tmp_path / name
+        make_run(other, "fedavg", 0, [0.1, 0.3], extra_config={"lr": lr})
+        (other / "grid.json").write_text(json.dumps(
+            {"strategies": ["fedavg"], "seeds": [0], "sweep": {}, "base": {"lr": lr}}))
+    both = group_runs(find_runs([tmp_path / "b", tmp_path / "c"]), swept_keys=["lr"])
+    assert sorted(k.label for k in both) == ["fedavg lr=0.01", "fedavg lr=0.05"]
 
 
 def test_atomic_writes_leave_no_temp_files(tmp_path: Path) -> None:

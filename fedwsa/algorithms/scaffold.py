@@ -44,7 +44,7 @@ from fedwsa.algorithms.base import (
     cloned_tensors,
 )
 from fedwsa.algorithms.client_state import ClientStateStore, versions_of
-from fedwsa.keys import any_string, key
+from fedwsa.keys import ConfigError, any_string, key
 
 if TYPE_CHECKING:
     from fedwsa.config import Config
@@ -75,8 +75,8 @@ def store_path(config: Config) -> Path:
     if config.scaffold_store:
         return Path(config.scaffold_store)
     if not config.run_dir:
-        raise ValueError("scaffold needs run-dir or scaffold-store set: its client state "
-                         "lives on disk")
+        raise ConfigError(STORE_KEY, "", "a directory, or run-dir set (the client state of "
+                          "SCAFFOLD lives on disk, by default in <run-dir>/client-state)")
     return Path(config.run_dir) / STORE_DIR
 
 
@@ -110,20 +110,25 @@ class ScaffoldServer(ServerPart):
 
     def after_merge(self, server_round: int, global_params: Mapping[str, Tensor],
                     new_global: Tensors, updates: ClientUpdates) -> Tensors:
-        """c_i+ = c_i - c + (theta_g - y_i) / (K_i lr); c += sum_i (c_i+ - c_i) / N."""
-        if not updates.client_ids:
+        """c_i+ = c_i - c + (theta_g - y_i) / (K_i lr); c += sum_i (c_i+ - c_i) / N.
+
+        A client that made no step (an empty partition) measured no drift: its c_i stays and
+        it does not move c (NIID-Bench would divide by zero here)."""
+        moved = [k for k, s in enumerate(updates.steps.tolist()) if s > 0]
+        if not moved:
             return new_global
-        c_i = self.store.read(updates.client_ids)
-        # A client with no examples made no step (y = theta_g): its c_i+ is c_i - c.
-        scale = 1.0 / (updates.steps.clamp(min=1).to(torch.float32) * self.lr)
+        ids = [updates.client_ids[k] for k in moved]
+        rows = torch.tensor(moved, dtype=torch.long)
+        c_i = self.store.read(ids)
+        scale = 1.0 / (updates.steps[rows].to(torch.float32) * self.lr)
         new_c_i: Tensors = {}
         for n, c in self.c.items():
-            y = updates.params[n].detach().cpu().float()
+            y = updates.params[n].detach().cpu().float()[rows]
             drift = global_params[n].detach().cpu().float().unsqueeze(0) - y
             new_c_i[n] = c_i[n] - c + drift * scale.reshape(-1, *([1] * c.dim()))
             self.c[n] = c + (new_c_i[n] - c_i[n]).sum(dim=0) / self.num_clients
         self.store.write(server_round, {cid: {n: v[k] for n, v in new_c_i.items()}
-                                        for k, cid in enumerate(updates.client_ids)})
+                                        for k, cid in enumerate(ids)})
         return new_global
 
     def preflight(self, state: Mapping[str, Any] | None) -> None:

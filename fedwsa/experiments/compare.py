@@ -47,6 +47,7 @@ _CELL_KEYS = {
     "seed": "not set here: list seeds with --seeds (or `seeds` in the TOML)",
     "run-dir": "not set: every cell gets its own directory under --out",
     "resume": "not set: compare resumes unfinished cells by itself",
+    "scaffold-store": "not set: each cell keeps SCAFFOLD's client state in its run directory",
 }
 _GRID_FILE_KEYS = ("out", "strategies", "seeds", "sweep", "base")
 CURVES_STEM = "curves"
@@ -431,6 +432,7 @@ def check_cells(plan: Plan) -> None:
         check_model_and_strategy,
         check_run_dir,
     )
+    from fedwsa.strategies import build_strategy
 
     classes: dict[tuple[Any, ...], int] = {}
     models: set[str] = set()
@@ -449,7 +451,9 @@ def check_cells(plan: Plan) -> None:
             models.add(model_key)
             check_model_and_strategy(config, classes[data_key])
         if action != "restart":  # a restarted cell's directory is cleared first
-            check_run_dir(config)
+            ckpt = check_run_dir(config)
+            # The strategy's own storage (SCAFFOLD's client state), as preflight checks it.
+            build_strategy(config).preflight(None if ckpt is None else ckpt.strategy)
 
 
 def prepare(spec: GridSpec, out: Path) -> tuple[list[Cell], Plan]:

@@ -302,10 +302,9 @@ def group_runs(
     groups: dict[GroupKey, list[tuple[Any, Path]]] = {}
     for run in run_paths:
         config = read_config(run)
-        own = _cell_keys(run)
+        others = _other_entries_keys(run)
         pairs = [("strategy", config.get("strategy", "unknown"))]
-        pairs += [(k, hashable(config.get(k)) if own is None or k in own else None)
-                  for k in keys]
+        pairs += [(k, None if k in others else hashable(config.get(k))) for k in keys]
         groups.setdefault(GroupKey(pairs), []).append((config.get("seed"), run))
 
     def order(key: GroupKey) -> tuple[Any, ...]:
@@ -322,17 +321,19 @@ def group_runs(
     }
 
 
-def _cell_keys(run: Path) -> set[str] | None:
-    """The keys that define ``run``'s cell in its grid (its strategy entry's own keys and the
-    swept ones), or None outside a grid: another entry's keys (fedwsa's ``wsa-beta`` for a
-    fedavg run) do not split or label its group."""
+def _other_entries_keys(run: Path) -> set[str]:
+    """Keys that other strategy entries of ``run``'s grid set for themselves and ``run``'s own
+    cell neither sets nor sweeps (fedwsa's ``wsa-beta`` for a fedavg run): they must not split
+    or label its group. Empty outside a grid."""
     grid = read_grid(run.parent)
     if grid is None:
-        return None
+        return set()
+    entries = {k for e in grid.get("strategies") or [] if isinstance(e, dict) for k in e}
     for cell in grid.get("cells") or []:
         if isinstance(cell, dict) and cell.get("run-dir") == run.name:
-            return {*(cell.get("sweep") or {}), *(grid.get("sweep") or {})}
-    return None
+            own = {*(cell.get("sweep") or {}), *(grid.get("sweep") or {})}
+            return entries - own - {"strategy"}
+    return set()
 
 
 def _strategy_order(runs: Iterable[Path]) -> list[str]:

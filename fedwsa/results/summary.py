@@ -354,7 +354,8 @@ def runs_markdown(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         final = "–" if _missing(r["final-acc"]) else f"{100 * r['final-acc']:.1f}"
         best = "–" if _missing(r["best-acc"]) else f"{100 * r['best-acc']:.1f} ({r['best-round']})"
-        lines.append(f"| {_cell(str(r['group']))} | {r['seed']} | {r['final-round'] or '–'} | "
+        final_round = "–" if r["final-round"] is None else r["final-round"]
+        lines.append(f"| {_cell(str(r['group']))} | {r['seed']} | {final_round} | "
                      f"{final} | {best} | {'yes' if r['finished'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
