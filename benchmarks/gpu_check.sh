@@ -5,12 +5,14 @@
 #   1. the CUDA-only tests (batched trainer on the GPU vs the CPU sequential reference, ...);
 #   2. NIID-Bench's setting end to end with `fedwsa run` (10 clients, Dirichlet 0.5, 10 local
 #      epochs, batch 64, NIID_ROUNDS rounds), per-round wall time from metrics.jsonl;
-#   3. benchmarks/speed.py --device cuda at CLIENTS clients per round, all four layouts.
+#   3. benchmarks/speed.py --device cuda at CLIENTS clients per round, all four layouts;
+#   4. benchmarks/grid.py --device cuda: a grid stacked (one federation) vs one by one.
 # CIFAR-10 does not fit in the transfer beside the wheels, so the data are a CIFAR-10-shaped
 # .npz of random pixels (50,000 + 10,000 images): the same work per round, meaningless accuracy.
 # Figures go to $OUT (default /tmp/gpu-check); on a CPU, DEVICE=cpu with small sizes tries it.
-# STEPS picks steps (default "tests niid speed"); SPEED_ARGS adds speed.py arguments, and
-# STRATEGIES runs speed.py once per strategy preset (default fedavg).
+# STEPS picks steps (default "tests niid speed grid"); SPEED_ARGS adds speed.py arguments,
+# STRATEGIES runs speed.py once per strategy preset (default fedavg), and GRID_ARGS replaces
+# grid.py's grid (default: fedavg, fedprox, scaffold x 2 seeds, 10 clients, 3 rounds of 1 epoch).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}
@@ -21,7 +23,9 @@ NIID_ROUNDS=${NIID_ROUNDS:-50}
 NIID_LIMIT_S=${NIID_LIMIT_S:-180}
 SPEED_LIMIT_S=${SPEED_LIMIT_S:-240}
 TRAIN_IMAGES=${TRAIN_IMAGES:-50000}
-STEPS=${STEPS:-tests niid speed}
+GRID_LIMIT_S=${GRID_LIMIT_S:-240}
+STEPS=${STEPS:-tests niid speed grid}
+GRID_ARGS=${GRID_ARGS:---strategies fedavg,fedprox,scaffold --seeds 2 --clients 10 --rounds 3}
 SPEED_ARGS=${SPEED_ARGS:-}
 STRATEGIES=${STRATEGIES:-fedavg}
 mkdir -p "$OUT"
@@ -85,4 +89,12 @@ for strategy in $STRATEGIES; do
     --out "$OUT/speed-$strategy.json" $SPEED_ARGS 2>&1 \
     | grep -E "^\(|^speedup|^config|^done|rror" | tee -a "$OUT/speed.txt"
 done
+fi
+
+if [[ $STEPS == *grid* ]]; then
+echo "== 4. grid.py" | tee "$OUT/grid.txt"
+# shellcheck disable=SC2086  # GRID_ARGS is a list of arguments
+timeout "$GRID_LIMIT_S" python3 benchmarks/grid.py --device "$DEVICE" --data-root "$data" \
+  --out "$OUT/grid.json" $GRID_ARGS 2>&1 | grep -E "^config|^one by one|^done|rror" \
+  | tee -a "$OUT/grid.txt"
 fi

@@ -6,6 +6,11 @@ clients it trains, arrays shared by all of them and per-client arrays stacked in
 ONE Message carrying its clients' weights and per-client output arrays stacked on a leading
 client axis, plus per-client scalars as lists (DESIGN.md, "The one idea"). Nothing here names an
 algorithm. Both sides use the functions here, so the record keys live in one place.
+
+One federation may serve several runs at once (``fedwsa compare`` stacks a grid's cells): the
+Message to a node is then a bundle of one request per run, each under its run's tag
+(``bundle``/``unbundle``), and the reply bundles one reply (or one error) per tag. A single run
+is a bundle of one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from fedwsa.maths.merging import finite_clients
 
 ARRAYS, CONFIG, METRICS, FAILURES, STATS = "arrays", "config", "metrics", "failures", "stats"
 SHARED, PER_CLIENT, OUTPUTS = "shared", "per-client", "outputs"
+TAGS, ERROR = "bundle-tags", "error"
 
 
 @dataclass
@@ -194,3 +200,48 @@ def unpack_reply(content: RecordDict) -> TrainReply:
         steps=[int(n) for n in metrics.get("local-steps", [])],
         outputs=from_arrays(outputs) if outputs is not None else {},
     )
+
+
+# --- bundles: one Message for several runs ----------------------------------------------------
+
+
+def bundle(contents: Mapping[str, RecordDict]) -> RecordDict:
+    """One RecordDict holding each run's content under its tag (``"<tag>/<record>"``)."""
+    out = RecordDict({TAGS: ConfigRecord({"tags": list(contents)})})
+    for tag, content in contents.items():
+        if "/" in tag:
+            raise ValueError(f"bundle tag {tag!r} contains '/'")
+        for name, record in content.items():
+            out[f"{tag}/{name}"] = record
+    return out
+
+
+def unbundle(content: RecordDict) -> dict[str, RecordDict]:
+    """``bundle``'s input back: tag -> that run's content."""
+    tags = [str(t) for t in content.config_records[TAGS]["tags"]]
+    parts: dict[str, RecordDict] = {t: RecordDict() for t in tags}
+    for key, record in content.items():
+        tag, sep, name = key.partition("/")
+        if sep and tag in parts:
+            parts[tag][name] = record
+    return parts
+
+
+def error_content(reason: str) -> RecordDict:
+    """A run's part of a reply when the node could not train it at all."""
+    return RecordDict({ERROR: ConfigRecord({"reason": reason})})
+
+
+def error_of(content: RecordDict) -> str | None:
+    """The reason ``error_content`` carries, or None for a normal reply."""
+    record = content.config_records.get(ERROR)
+    return None if record is None else str(record["reason"])
+
+
+@dataclass(frozen=True)
+class NodeAnswer:
+    """A node's answer for one run: its reply content, or why there is none."""
+
+    node_id: int
+    content: RecordDict | None
+    error: str | None = None

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 from flwr.app import Error, Message
 
-from fedwsa.protocol import unpack_request
+from fedwsa.protocol import unbundle, unpack_request
 from fedwsa.server.inprocess import InProcessGrid
 
 
@@ -40,7 +40,8 @@ class LocalGrid(InProcessGrid):
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None
                          ) -> list[Message]:
         messages = list(messages)
-        server_round = unpack_request(messages[0].content).server_round
+        first = next(iter(unbundle(messages[0].content).values()))
+        server_round = unpack_request(first).server_round
         self.rounds.append(server_round)
         if self.on_round is not None:
             self.on_round(server_round)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from fakes import FakeGrid
-from flwr.app import Context, RecordDict
+from flwr.app import Message
 from torch import nn
 
 from fedwsa.algorithms import client_terms
 from fedwsa.clients.batched import BatchedTrainer, layout_chunk, plan_chunks
-from fedwsa.clients.client_app import train
+from fedwsa.clients.client_app import train_run
 from fedwsa.clients.node import NodeData, node_data
 from fedwsa.clients.sequential import SequentialTrainer
 from fedwsa.clients.trainer import CohortTask, LocalSettings
@@ -34,8 +34,7 @@ def one_round(trainer: str):
     g = {k: v.detach().clone()
          for k, v in build_model("simple-cnn", 10, seed=config.seed).named_parameters()}
     messages = list(strategy.configure_train(1, to_arrays(g), None, FakeGrid()))
-    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    replies = [train(msg, context) for msg in messages]
+    replies = [Message(train_run(msg.content), reply_to=msg) for msg in messages]
     arrays, metrics = strategy.aggregate_train(1, replies)
     return config, from_arrays(arrays), metrics, [unpack_reply(r.content) for r in replies]
 

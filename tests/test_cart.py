@@ -24,6 +24,7 @@ from fedwsa.protocol import (
     TrainRequest,
     from_arrays,
     to_arrays,
+    unbundle,
     unpack_reply,
     unpack_request,
 )
@@ -246,9 +247,11 @@ class RecordingGrid(InProcessGrid):
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
-        self.requests += [unpack_request(m.content) for m in messages]
+        # One run: each Message is a bundle of one request, each reply a bundle of one reply.
+        self.requests += [unpack_request(c) for m in messages
+                          for c in unbundle(m.content).values()]
         replies = super().send_and_receive(messages, timeout=timeout)
-        self.replies += [unpack_reply(m.content) for m in replies]
+        self.replies += [unpack_reply(c) for m in replies for c in unbundle(m.content).values()]
         return replies
 
 

@@ -30,7 +30,7 @@ from fedwsa import cli
 from fedwsa.data import SYNTHETIC_TRAIN
 from fedwsa.experiments.compare import GridSpec, Variant, build_spec, expand, parse_sweep
 from fedwsa.server import simulation
-from fedwsa.server.inprocess import run_in_process
+from fedwsa.server.inprocess import run_cells_in_process, run_in_process
 
 STRATEGIES = ("fedavg", "fedwsa")
 SEEDS = (1, 2)
@@ -62,12 +62,27 @@ class SimulateSpy:
     def __init__(self, real: bool = True) -> None:
         self.real = real
         self.configs: list[Any] = []
+        self.groups: list[int] = []  # runs per federation
 
     def __call__(self, config: Any, num_supernodes: int = 1, num_gpus: float = 0.0) -> Path:
         self.configs.append(config)
         if not self.real:
             raise AssertionError(f"simulate must not be called (got {config.run_dir})")
         return run_in_process(config, num_nodes=num_supernodes)
+
+    def cells(self, configs: list[Any], num_supernodes: int = 1, num_gpus: float = 0.0
+              ) -> dict[str, str | None]:
+        """Stands in for ``simulation.simulate_cells`` (one federation for all ``configs``)."""
+        self.configs.extend(configs)
+        self.groups.append(len(configs))
+        if not self.real:
+            raise AssertionError(f"simulate_cells must not be called ({len(configs)} runs)")
+        return run_cells_in_process(configs, num_nodes=num_supernodes)
+
+
+def spy_on(mp: pytest.MonkeyPatch, spy: SimulateSpy) -> None:
+    mp.setattr(simulation, "simulate", spy)
+    mp.setattr(simulation, "simulate_cells", spy.cells)
 
 
 def metrics(run: Path) -> list[dict[str, Any]]:
@@ -84,7 +99,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     out = tmp_path_factory.mktemp("compare") / "exp"
     spy = SimulateSpy()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(simulation, "simulate", spy)
+        spy_on(mp, spy)
         result = run_main(compare_argv(out))
     return SimpleNamespace(out=out, spy=spy, **vars(result))
 
@@ -225,7 +240,7 @@ def test_rerun_skips_finished_runs(
     shutil.copytree(grid.out, exp)
     stamps = {name: (exp / name / "metrics.jsonl").stat().st_mtime_ns for name in CELLS}
     spy = SimulateSpy(real=False)
-    monkeypatch.setattr(simulation, "simulate", spy)
+    spy_on(monkeypatch, spy)
     result = run_main(compare_argv(exp))
     assert result.rc == 0, result.stderr
     assert spy.configs == []
@@ -272,7 +287,7 @@ def test_interrupted_grid_is_resumed_or_restarted(
     (restarted / "leftover.txt").write_text("from the interrupted run")
 
     spy = SimulateSpy()
-    monkeypatch.setattr(simulation, "simulate", spy)
+    spy_on(monkeypatch, spy)
     result = run_main(compare_argv(exp))
     assert result.rc == 0, result.stderr
     assert "2 finished, 1 to resume, 1 to restart, 0 new" in result.stderr
@@ -294,7 +309,7 @@ def test_bad_grid_fails_before_any_run(
     grid: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = SimulateSpy(real=False)
-    monkeypatch.setattr(simulation, "simulate", spy)
+    spy_on(monkeypatch, spy)
     out = tmp_path / "bad"
     cases = [
         (compare_argv(out, "--sweep", "alpha=0.5,-1"), "'alpha' = -1.0", "(0.0, inf]"),
@@ -414,7 +429,7 @@ def test_progress_follows_metrics_file(tmp_path: Path, mode: str) -> None:
     progress.skip(2)  # a finished 2-round run
     run = tmp_path / "run"
     run.mkdir()
-    with progress.track(run, 3, "fedwsa seed=2"):
+    with progress.track([(run, 3, "fedwsa seed=2")]):
         for rnd in range(4):
             rows = [{"round": r, "test-accuracy": 0.25 * r} for r in range(rnd + 1)]
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

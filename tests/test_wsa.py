@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from fakes import FakeGrid, fake_replies
-from flwr.app import Context, RecordDict
+from flwr.app import Message
 from torch import nn
 
 from fedwsa.algorithms.base import own_arrays
@@ -250,7 +250,7 @@ def one_thread():
 
 def client_app_round(trainer: str) -> tuple[dict[str, torch.Tensor], dict, dict]:
     """One FedWSA round where the ClientApp's train function answers each node's Message."""
-    from fedwsa.clients.client_app import train
+    from fedwsa.clients.client_app import train_run
 
     config = make_config({"num-clients": 10, "fraction-train": 0.4, "seed": 2, "lr": 0.05,
                           "strategy": "fedwsa", "wsa-beta": 0.5, "trainer": trainer,
@@ -266,8 +266,7 @@ def client_app_round(trainer: str) -> tuple[dict[str, torch.Tensor], dict, dict]
         "initial-mu": torch.zeros(5), "initial-sigma": torch.ones(5),
     }})
     messages = strategy.configure_train(2, to_arrays(g), None, FakeGrid([1, 2]))
-    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    replies = [train(msg, context) for msg in messages]
+    replies = [Message(train_run(msg.content), reply_to=msg) for msg in messages]
     arrays, metrics = strategy.aggregate_train(2, replies)
     return from_arrays(arrays), next_target(strategy, 3), metrics
 

@@ -82,7 +82,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         result = run_grid(
             spec, out, num_supernodes=args.num_supernodes, num_gpus=args.num_gpus,
-            target_accuracy=target, progress=args.progress,
+            target_accuracy=target, progress=args.progress, one_by_one=args.one_by_one,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("fedwsa: interrupted; re-run the same command to skip the finished runs and "
@@ -176,6 +176,12 @@ def add_result_commands(sub: argparse._SubParsersAction) -> None:
         choices=("auto", "bar", "lines", "off"),
         default="auto",
         help="progress on stderr: a bar on a terminal, else a line per round",
+    )
+    compare.add_argument(
+        "--one-by-one",
+        action="store_true",
+        help="run the cells one after another, one Flower run each (default: the cells of "
+        "one dataset run together as one federation)",
     )
     compare.add_argument(
         "--dry-run",

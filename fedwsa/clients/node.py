@@ -43,33 +43,44 @@ def client_partitions(config: Config, labels: np.ndarray) -> list[np.ndarray]:
     )
 
 
-# Keyed on the keys that decide data and partitions only, so runs in one process that differ
-# in other keys (a sweep over lr, say) share the node's copy. Two entries at most: each holds a
-# whole train set on the device.
-_DATA_KEYS = ("dataset", "data_root", "seed", "partition", "alpha", "classes_per_client",
-              "min_partition_size", "num_clients", "device", "normalize", "crop_padding")
-_CACHE: dict[tuple, NodeData] = {}
+# Two levels, so the runs of a stacked federation (a grid's seeds, partitions and sweeps) share
+# the node's copy of the train set: the images on the device are kept per dataset (two at most:
+# each is a whole train set on the device), and each run's partition (small: indices) per the
+# keys that decide it. Runs that differ in other keys (lr, say) share both.
+_IMAGE_KEYS = ("dataset", "data_root", "device")
+_PARTITION_KEYS = ("seed", "partition", "alpha", "classes_per_client", "min_partition_size",
+                   "num_clients", "normalize", "crop_padding")
+_CACHE: dict[tuple, dict[tuple, NodeData]] = {}
 
 
 def node_data(config: Config) -> NodeData:
     """The cached ``NodeData`` for the data, partition and device keys of ``config``."""
-    key = tuple(getattr(config, k) for k in _DATA_KEYS)
-    if key not in _CACHE:
+    # The synthetic set is drawn from the seed, so its images differ per seed.
+    image_key = (*(getattr(config, k) for k in _IMAGE_KEYS),
+                 config.seed if config.dataset == "synthetic" else None)
+    if image_key not in _CACHE:
         if len(_CACHE) >= 2:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = _build_node_data(config)
-    return _CACHE[key]
+        _CACHE[image_key] = {}
+    runs = _CACHE[image_key]
+    key = tuple(getattr(config, k) for k in _PARTITION_KEYS)
+    if key not in runs:
+        shared = next(iter(runs.values()), None)
+        runs[key] = _build_node_data(config, shared)
+    return runs[key]
 
 
-def _build_node_data(config: Config) -> NodeData:
+def _build_node_data(config: Config, shared: NodeData | None) -> NodeData:
+    """The run's NodeData; the images and labels on the device come from ``shared`` when
+    another run of the same dataset has put them there already."""
     data = load_dataset(config.dataset, config.data_root, config.seed)
     device = resolve_device(config.device)
     parts = client_partitions(config, data.y_train.numpy())
     mean, std = pixel_stats(data, config.normalize)
     return NodeData(
         device=device,
-        images=data.x_train.to(device),
-        labels=data.y_train.to(device),
+        images=data.x_train.to(device) if shared is None else shared.images,
+        labels=data.y_train.to(device) if shared is None else shared.labels,
         mean=mean.to(device),
         std=std.to(device),
         num_classes=data.num_classes,

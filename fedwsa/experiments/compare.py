@@ -492,13 +492,18 @@ def run_grid(
     target_accuracy: float | None = None,
     progress: str = "auto",
     stream: TextIO | None = None,
+    one_by_one: bool = False,
     simulate: Callable[[Config, int, float], Path] | None = None,
+    simulate_cells: Callable[[list[Config], int, float], dict[str, str | None]] | None = None,
 ) -> GridResult:
     """Run every unfinished cell of ``spec`` under ``out``, then write summary and figures.
 
-    Cells run one after another in this process through ``simulate`` (default:
-    ``fedwsa.server.simulation.simulate``; Flower's simulation engine starts per run). A cell
-    whose run raises or ends without ``result.json`` is reported in ``GridResult.failed``;
+    By default the cells that can share a federation (``stack_groups``) run as ONE Flower run
+    per group through ``simulate_cells`` (default ``fedwsa.server.simulation.simulate_cells``):
+    one start-up and one Message per node and round for all of them, each cell with its own
+    strategy, model, RNG streams, run directory and checkpoints. ``one_by_one`` runs them one
+    after another through ``simulate`` instead (today's layout, one Flower start per run). A
+    cell whose run fails or ends without ``result.json`` is reported in ``GridResult.failed``;
     the other cells still run.
     """
     from fedwsa.experiments.progress import GridProgress
@@ -527,33 +532,46 @@ def run_grid(
             file=stream, flush=True,
         )  # fmt: skip
 
-    run = simulate or simulation.simulate
     bar = GridProgress(
         len(cells), sum(c.config.num_server_rounds for c in cells), stream=stream, mode=progress
     )
     failed: list[tuple[Cell, str]] = []
+    todo: list[tuple[Cell, Config]] = []
+    for cell, action, rnd in zip(cells, plan.actions, plan.resume_rounds, strict=True):
+        if action == "skip":
+            bar.skip(cell.config.num_server_rounds)
+            continue
+        if action == "resume":
+            bar.write(f"compare: {cell.label}: resuming from round {rnd} in {cell.path}")
+        elif action == "restart":
+            shutil.rmtree(cell.path)
+            bar.write(f"compare: {cell.label}: unfinished without a checkpoint, restarting")
+        todo.append((cell, cell_config(cell, action)))
+    run_one = simulate or simulation.simulate
+    run_many = simulate_cells or simulation.simulate_cells
+    groups = [[item] for item in todo] if one_by_one else stack_groups(todo)
     try:
-        for cell, action, rnd in zip(cells, plan.actions, plan.resume_rounds, strict=True):
-            rounds = cell.config.num_server_rounds
-            if action == "skip":
-                bar.skip(rounds)
-                continue
-            config = cell_config(cell, action)
-            if action == "resume":
-                bar.write(f"compare: {cell.label}: resuming from round {rnd} in {cell.path}")
-            elif action == "restart":
-                shutil.rmtree(cell.path)
-                bar.write(f"compare: {cell.label}: unfinished without a checkpoint, restarting")
-            with bar.track(cell.path, rounds, cell.label):
+        for group in groups:
+            if len(group) > 1:
+                bar.write(f"compare: {len(group)} runs as one federation: "
+                          + ", ".join(cell.label for cell, _ in group))
+            with bar.track([(c.path, c.config.num_server_rounds, c.label) for c, _ in group]):
                 try:
-                    run(config, num_supernodes, num_gpus)
-                except Exception as err:  # one failed cell must not cost the others
-                    failed.append((cell, f"{type(err).__name__}: {err}"))
-                    bar.write(f"compare: {cell.label}: FAILED: {type(err).__name__}: {err}")
-                    continue
-            if not is_finished(cell.path):
-                failed.append((cell, "the run ended without result.json"))
-                bar.write(f"compare: {cell.label}: FAILED: the run ended without result.json")
+                    if one_by_one:
+                        run_one(group[0][1], num_supernodes, num_gpus)
+                        errors: dict[str, str | None] = {}
+                    else:
+                        errors = run_many([config for _, config in group], num_supernodes,
+                                          num_gpus)
+                except Exception as err:  # one failed federation must not cost the others
+                    errors = {str(c.path): f"{type(err).__name__}: {err}" for c, _ in group}
+            for cell, _ in group:
+                error = errors.get(str(cell.path))
+                if error is None and not is_finished(cell.path):
+                    error = "the run ended without result.json"
+                if error is not None:
+                    failed.append((cell, error))
+                    bar.write(f"compare: {cell.label}: FAILED: {error}")
     finally:
         bar.close()
 
@@ -562,6 +580,15 @@ def run_grid(
     summary = write_summary(out, target_accuracy)
     figures = _write_figures(out, stream)
     return GridResult(out, plan, failed, summary, figures)
+
+
+def stack_groups(todo: Sequence[tuple[Cell, Config]]) -> list[list[tuple[Cell, Config]]]:
+    """The cells that run as one federation: those of one dataset (a node keeps one copy of
+    its train set for all of them), in grid order."""
+    groups: dict[tuple[str, str], list[tuple[Cell, Config]]] = {}
+    for cell, config in todo:
+        groups.setdefault((config.dataset, config.data_root), []).append((cell, config))
+    return list(groups.values())
 
 
 def _write_figures(out: Path, stream: TextIO) -> list[Path]:

@@ -2,7 +2,7 @@
 
 The runs execute in-process through Flower's simulation engine, which gives no callback per
 round. The run directory does: the server rewrites ``metrics.jsonl`` atomically after every
-evaluated round, so a background thread polls the current run's file and advances the bar.
+evaluated round, so a background thread polls the current runs' files and advances the bar.
 That keeps the training code unaware of any progress display.
 
 On a terminal this is a ``tqdm`` bar on stderr (Flower's log lines are printed above it); when
@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -42,13 +43,27 @@ def last_round(run_dir: Path) -> tuple[int | None, float | None]:
     return None, None
 
 
+@dataclass
+class _Tracked:
+    """A run being followed: its directory, rounds, label, index, and what was seen."""
+
+    run_dir: Path
+    rounds: int
+    label: str
+    index: int
+    seen: int | None = None
+    current: int = 0
+    acc: float | None = None
+
+
 class GridProgress:
     """A progress display over ``total_rounds`` rounds of ``total_runs`` runs.
 
     Use ``skip`` for runs that are already finished and ``track`` (a context manager) around
-    each run that executes. Rounds count from the run's ``metrics.jsonl``: round ``r`` of a
-    run with ``R`` rounds means ``r`` of its ``R`` rounds are done (round 0 is the evaluation
-    before training).
+    runs that execute, one at a time or several together (the stacked cells of one
+    federation). Rounds count from each run's ``metrics.jsonl``: round ``r`` of a run with
+    ``R`` rounds means ``r`` of its ``R`` rounds are done (round 0 is the evaluation before
+    training).
     """
 
     def __init__(
@@ -70,10 +85,7 @@ class GridProgress:
         self.poll_s = poll_s
         self.runs_done = 0  # runs finished or skipped
         self.rounds_done = 0  # rounds of the runs counted in runs_done
-        self._current = 0  # rounds done in the run being tracked
-        self._label, self._rounds, self._index = "", 0, 0
-        self._seen: int | None = None
-        self._acc: float | None = None
+        self._tracked: list[_Tracked] = []
         self._lock = threading.Lock()
         self._bar = None
         if mode == "bar":
@@ -103,17 +115,16 @@ class GridProgress:
             self._refresh()
 
     @contextlib.contextmanager
-    def track(self, run_dir: Path, rounds: int, label: str) -> Iterator[None]:
-        """Follow the run writing to ``run_dir`` (``rounds`` in total) while the body runs."""
-        index = self.runs_done + 1
+    def track(self, runs: Sequence[tuple[Path, int, str]]) -> Iterator[None]:
+        """Follow the runs writing to each ``(run_dir, rounds, label)`` while the body runs."""
         with self._lock:
-            self._label, self._rounds, self._index = label, rounds, index
-            self._current, self._seen, self._acc = 0, None, None
+            first = self.runs_done + 1
+            self._tracked = [_Tracked(d, r, label, first + i)
+                             for i, (d, r, label) in enumerate(runs)]
             self._refresh()
         stop = threading.Event()
-        thread = threading.Thread(
-            target=self._poll_loop, args=(run_dir, stop), name="fedwsa-progress", daemon=True
-        )
+        thread = threading.Thread(target=self._poll_loop, args=(stop,), name="fedwsa-progress",
+                                  daemon=True)
         thread.start()
         redirect = self._redirect_logs() if self._bar is not None else contextlib.nullcontext()
         try:
@@ -122,11 +133,11 @@ class GridProgress:
         finally:
             stop.set()
             thread.join()
-            self._poll(run_dir)  # the last round may have landed after the last poll
+            self._poll()  # the last rounds may have landed after the last poll
             with self._lock:
-                self.runs_done += 1
-                self.rounds_done += rounds
-                self._current = 0
+                self.runs_done += len(self._tracked)
+                self.rounds_done += sum(t.rounds for t in self._tracked)
+                self._tracked = []
                 self._refresh()
 
     def close(self) -> None:
@@ -135,39 +146,43 @@ class GridProgress:
             self._bar = None
 
     # ------------------------------------------------------------------------------------
-    def _poll_loop(self, run_dir: Path, stop: threading.Event) -> None:
+    def _poll_loop(self, stop: threading.Event) -> None:
         while not stop.wait(self.poll_s):
-            self._poll(run_dir)
+            self._poll()
 
-    def _poll(self, run_dir: Path) -> None:
-        rnd, acc = last_round(run_dir)
-        with self._lock:
-            if rnd is None or rnd == self._seen:
-                return
-            self._seen, self._acc = rnd, acc
-            self._current = min(rnd, self._rounds)
-            if self.mode == "lines":
-                acc_text = "" if acc is None else f", test accuracy {100 * acc:.1f}%"
-                print(
-                    f"compare: run {self._index}/{self.total_runs} {self._label}: round "
-                    f"{rnd}/{self._rounds}{acc_text} "
-                    f"({self.rounds_done + self._current}/{self.total_rounds} grid rounds)",
-                    file=self.stream, flush=True,
-                )  # fmt: skip
-            self._refresh()
+    def _poll(self) -> None:
+        for t in list(self._tracked):
+            rnd, acc = last_round(t.run_dir)
+            with self._lock:
+                if rnd is None or rnd == t.seen:
+                    continue
+                t.seen, t.acc, t.current = rnd, acc, min(rnd, t.rounds)
+                if self.mode == "lines":
+                    acc_text = "" if acc is None else f", test accuracy {100 * acc:.1f}%"
+                    print(
+                        f"compare: run {t.index}/{self.total_runs} {t.label}: round "
+                        f"{rnd}/{t.rounds}{acc_text} "
+                        f"({self._done()}/{self.total_rounds} grid rounds)",
+                        file=self.stream, flush=True,
+                    )  # fmt: skip
+                self._refresh()
+
+    def _done(self) -> int:
+        return self.rounds_done + sum(t.current for t in self._tracked)
 
     def _refresh(self) -> None:
         """Redraw the bar (caller holds the lock)."""
         if self._bar is None:
             return
-        done = self.rounds_done + self._current
-        self._bar.n = min(done, self.total_rounds)
-        if self.runs_done < self.total_runs and self._label:
-            run = min(self.runs_done + 1, self.total_runs)
-            self._bar.set_description_str(f"run {run}/{self.total_runs} {self._label}", False)
-            post = f"round {self._current}/{self._rounds}"
-            if self._acc is not None:
-                post += f" acc {100 * self._acc:.1f}%"
+        self._bar.n = min(self._done(), self.total_rounds)
+        if self._tracked:
+            t = max(self._tracked, key=lambda t: (t.seen is not None, t.index))
+            together = f" (+{len(self._tracked) - 1} together)" if len(self._tracked) > 1 else ""
+            self._bar.set_description_str(
+                f"run {t.index}/{self.total_runs} {t.label}{together}", False)
+            post = f"round {t.current}/{t.rounds}"
+            if t.acc is not None:
+                post += f" acc {100 * t.acc:.1f}%"
             self._bar.set_postfix_str(post, refresh=False)
         self._bar.refresh()
 

@@ -7,12 +7,15 @@ clients succeed, writes a run directory and checkpoints as it goes, and resumes 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
-from collections.abc import Iterable
-from logging import INFO
+from collections.abc import Callable, Iterable, Iterator
+from logging import INFO, WARNING
 from pathlib import Path
+from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
@@ -20,7 +23,7 @@ from fedwsa.config import Config, make_config
 from fedwsa.data import load_dataset, pixel_stats
 from fedwsa.device import resolve_device
 from fedwsa.models import build_model, check_functional
-from fedwsa.protocol import from_arrays, to_arrays
+from fedwsa.protocol import NodeAnswer, bundle, error_of, from_arrays, to_arrays, unbundle
 from fedwsa.results.rundir import RunWriter
 from fedwsa.server.checkpoint import (
     Checkpoint,
@@ -76,42 +79,84 @@ def wait_for_nodes(grid: Grid, settle_s: float = 1.0, timeout_s: float = NODE_WA
         time.sleep(0.2)
 
 
-def run_federation(grid: Grid, config: Config) -> Path:
-    """Run ``config`` over the nodes of ``grid``; returns the run directory.
+class CellRun:
+    """One run's server side in a federation that may serve several runs at once: its checked
+    plan, strategy, global model, central evaluation, run directory and checkpoints.
 
-    Checks everything first (``preflight``): a bad config fails here, before the run directory
-    exists. With ``resume`` it continues from the run directory's checkpoint: global weights,
-    strategy state, RNG states and metrics rows are restored, and the rounds after the
-    checkpoint are run again exactly as the uninterrupted run would have run them.
+    Built from ``preflight``'s plan: with ``resume`` it continues from the run directory's
+    checkpoint (global weights, strategy state, RNG states and metrics rows are restored, and
+    the rounds after the checkpoint are run again exactly as the uninterrupted run would have
+    run them).
     """
-    plan = preflight(config)
-    config, run_path, ckpt = plan.config, plan.run_dir, plan.checkpoint
-    seed_global_rngs(config.seed)  # before anything that might draw (a strategy's init)
-    t0 = time.monotonic()
-    data = load_dataset(config.dataset, config.data_root, config.seed)
-    device = resolve_device(config.device)
-    model = build_model(config.model, data.num_classes, seed=config.seed)
-    check_functional(model)
-    model.to(device)
-    strategy = build_strategy(config)
-    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
-    mean, std = (t.to(device) for t in pixel_stats(data, config.normalize))
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    first_round = 1
-    if ckpt is not None:
-        params = {k: v.to(device) for k, v in ckpt.params.items()}
-        strategy.load_state_dict(ckpt.strategy)
-        restore_rng(ckpt.rng)
-        t0 -= ckpt.elapsed_s  # elapsed-s goes on from the checkpoint (time lost is not counted)
-        first_round = ckpt.round + 1
-        log(INFO, "[fedwsa] resuming %s after round %d", run_path.resolve(), ckpt.round)
-    writer = RunWriter(run_path, config, rows=None if ckpt is None else ckpt.metrics)
 
-    def evaluate_round(server_round: int, round_metrics: dict[str, float]) -> None:
-        loss, acc = evaluate(model, params, x_test, y_test, mean, std)
+    def __init__(self, config: Config, tag: str = "run") -> None:
+        plan = preflight(config)
+        self.tag = tag
+        self.config, self.run_path, ckpt = plan.config, plan.run_dir, plan.checkpoint
+        config = self.config
+        seed_global_rngs(config.seed)  # before anything that might draw (a strategy's init)
+        self.t0 = time.monotonic()
+        data = load_dataset(config.dataset, config.data_root, config.seed)
+        device = self.device = resolve_device(config.device)
+        self.model = build_model(config.model, data.num_classes, seed=config.seed)
+        check_functional(self.model)
+        self.model.to(device)
+        self.strategy = build_strategy(config)
+        self.x_test, self.y_test = data.x_test.to(device), data.y_test.to(device)
+        self.mean, self.std = (t.to(device) for t in pixel_stats(data, config.normalize))
+        self.params = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        self.first_round = 1
+        self.error: str | None = None
+        if ckpt is not None:
+            self.params = {k: v.to(device) for k, v in ckpt.params.items()}
+            self.strategy.load_state_dict(ckpt.strategy)
+            restore_rng(ckpt.rng)
+            self.t0 -= ckpt.elapsed_s  # elapsed-s goes on from the checkpoint
+            self.first_round = ckpt.round + 1
+            log(INFO, "[fedwsa] resuming %s after round %d", self.run_path.resolve(), ckpt.round)
+        self.writer = RunWriter(self.run_path, config,
+                                rows=None if ckpt is None else ckpt.metrics)
+        self.arrays = to_arrays(self.params)
+        self.resumed = ckpt is not None
+        self._rng = capture_rng()  # each run keeps its own global RNG stream (own_rng)
+        log(INFO, "[fedwsa] run directory: %s", self.run_path.resolve())
+
+    @contextlib.contextmanager
+    def own_rng(self) -> Iterator[None]:
+        """The process's global RNGs hold this run's state while the body runs, so runs that
+        share a federation draw what each would draw alone (and checkpoint its own state)."""
+        restore_rng(self._rng)
+        try:
+            yield
+        finally:
+            self._rng = capture_rng()
+
+    @property
+    def last_round(self) -> int:
+        return self.config.num_server_rounds
+
+    def active(self, server_round: int) -> bool:
+        return self.error is None and self.first_round <= server_round <= self.last_round
+
+    def start(self) -> None:
+        """Evaluate the initial model (a new run's round 0); finish a resumed run whose last
+        round was checkpointed before it could write its result."""
+        with self.own_rng():
+            if not self.resumed:
+                self.evaluate_round(0, {})
+            if self.first_round > self.last_round:
+                self.finish()
+
+    def finish(self) -> None:
+        self.writer.save_model(self.params)
+        self.writer.finish(self.last_round, time.monotonic() - self.t0)
+
+    def evaluate_round(self, server_round: int, round_metrics: dict[str, float]) -> None:
+        loss, acc = evaluate(self.model, self.params, self.x_test, self.y_test, self.mean,
+                             self.std)
         row: dict[str, object] = {
             "round": server_round,
-            "elapsed-s": round(time.monotonic() - t0, 3),
+            "elapsed-s": round(time.monotonic() - self.t0, 3),
             "test-loss": loss,
             "test-accuracy": acc,
             "train-loss": round_metrics.get("train-loss"),
@@ -119,40 +164,130 @@ def run_federation(grid: Grid, config: Config) -> Path:
             "clients-failed": int(round_metrics.get("clients-failed", 0)),
         }
         row.update({k: v for k, v in round_metrics.items() if k not in row})
-        writer.append_metrics(row)
-        log(INFO, "[fedwsa] round %d/%d: test-accuracy=%.4f test-loss=%.4f train-loss=%s",
-            server_round, config.num_server_rounds, acc, loss,
-            "-" if row["train-loss"] is None else f"{row['train-loss']:.4f}")
+        self.writer.append_metrics(row)
+        log(INFO, "[fedwsa] %sround %d/%d: test-accuracy=%.4f test-loss=%.4f train-loss=%s",
+            "" if self.tag == "run" else f"{self.tag} ", server_round, self.last_round, acc,
+            loss, "-" if row["train-loss"] is None else f"{row['train-loss']:.4f}")
 
-    def checkpoint(server_round: int) -> None:
-        save_checkpoint(run_path, Checkpoint(
-            round=server_round, config=config.to_dict(), params=params,
-            strategy=strategy.state_dict(), rng=capture_rng(), metrics=list(writer.rows),
-            elapsed_s=time.monotonic() - t0))
-        strategy.committed()
+    def requests(self, server_round: int, grid: Grid) -> list[Message]:
+        """This round's train Messages (one per node)."""
+        with self.own_rng():
+            return list(self.strategy.configure_train(server_round, self.arrays,
+                                                      ConfigRecord(), grid))
 
-    log(INFO, "[fedwsa] run directory: %s", run_path.resolve())
-    nodes = wait_for_nodes(grid)
-    log(INFO, "[fedwsa] %d node(s) connected", len(nodes))
-    if ckpt is None:
-        evaluate_round(0, {})
-    arrays = to_arrays(params)
-    for server_round in range(first_round, config.num_server_rounds + 1):
-        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
-        replies = exchange(grid, messages)
-        new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+    def finish_round(self, server_round: int, answers: list[NodeAnswer]) -> None:
+        """Aggregate, evaluate and checkpoint one round from the nodes' answers."""
+        with self.own_rng():
+            self._finish_round(server_round, answers)
+
+    def _finish_round(self, server_round: int, answers: list[NodeAnswer]) -> None:
+        new_arrays, metrics = self.strategy.aggregate_answers(server_round, answers)
         if new_arrays is not None:
-            arrays = new_arrays
-            params = {k: v.to(device) for k, v in from_arrays(arrays).items()}
+            self.arrays = new_arrays
+            self.params = {k: v.to(self.device) for k, v in from_arrays(new_arrays).items()}
         round_metrics = dict(metrics or {})
-        last = server_round == config.num_server_rounds
-        if server_round % config.eval_every == 0 or last:
-            evaluate_round(server_round, round_metrics)
-        if config.checkpoint_every and (server_round % config.checkpoint_every == 0 or last):
-            checkpoint(server_round)
-    writer.save_model(params)
-    writer.finish(config.num_server_rounds, time.monotonic() - t0)
-    return run_path
+        last = server_round == self.last_round
+        if server_round % self.config.eval_every == 0 or last:
+            self.evaluate_round(server_round, round_metrics)
+        every = self.config.checkpoint_every
+        if every and (server_round % every == 0 or last):
+            save_checkpoint(self.run_path, Checkpoint(
+                round=server_round, config=self.config.to_dict(), params=self.params,
+                strategy=self.strategy.state_dict(), rng=capture_rng(),
+                metrics=list(self.writer.rows), elapsed_s=time.monotonic() - self.t0))
+            self.strategy.committed()
+        if last:
+            self.finish()
+
+
+def run_cells(grid: Grid, runs: list[CellRun]) -> None:
+    """Run every run of ``runs`` over the nodes of ``grid``, round by round, together.
+
+    Each round every active run makes its own requests; a node gets ONE Message bundling its
+    requests of all runs (``protocol.bundle``) and answers them in one reply, which is split
+    back by run. A run that fails (its server side raises, or every node answers it with an
+    error that stops it) is set aside with its error (its run directory stays unfinished, as
+    after a crash) and the other runs go on; ``run.error`` says why.
+    """
+    nodes = wait_for_nodes(grid)
+    log(INFO, "[fedwsa] %d node(s) connected, %d run(s)", len(nodes), len(runs))
+    for run in runs:
+        _guarded(run, run.start)
+    last = max((run.last_round for run in runs), default=0)
+    first = min((run.first_round for run in runs), default=1)
+    for server_round in range(first, last + 1):
+        active = [run for run in runs if run.active(server_round)]
+        per_node: dict[int, dict[str, RecordDict]] = {}
+        for run in active:
+            for msg in _guarded(run, functools.partial(run.requests, server_round, grid)) or []:
+                per_node.setdefault(msg.metadata.dst_node_id, {})[run.tag] = msg.content
+        messages = [Message(content=bundle(contents), message_type=MessageType.TRAIN,
+                            dst_node_id=node) for node, contents in per_node.items()]
+        answers: dict[str, list[NodeAnswer]] = {run.tag: [] for run in active}
+        for reply in exchange(grid, messages):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                for tag in per_node.get(node, {}):
+                    answers[tag].append(NodeAnswer(node, None, reply.error.reason))
+                continue
+            for tag, content in unbundle(reply.content).items():
+                error = error_of(content)
+                answers[tag].append(NodeAnswer(node, None if error else content, error))
+        for run in active:
+            if run.error is None:
+                _guarded(run, functools.partial(run.finish_round, server_round,
+                                                answers[run.tag]))
+
+
+def _guarded(run: CellRun, step: Callable[[], Any]) -> Any:
+    """``step()``; an exception sets the run aside (``run.error``) instead of ending the
+    federation, unless it is the federation's only run (then it propagates, as it always has
+    for ``fedwsa run``)."""
+    try:
+        return step()
+    except Exception as err:
+        if run.tag == "run":
+            raise
+        run.error = f"{type(err).__name__}: {err}"
+        log(WARNING, "[fedwsa] %s failed and is set aside: %s", run.tag, run.error)
+        return None
+
+
+def run_federation(grid: Grid, config: Config) -> Path:
+    """Run ``config`` over the nodes of ``grid``; returns the run directory.
+
+    Checks everything first (``preflight``): a bad config fails here, before the run directory
+    exists.
+    """
+    run = CellRun(config)
+    run_cells(grid, [run])
+    return run.run_path
+
+
+def run_configs(grid: Grid, configs: list[Config]) -> dict[str, str | None]:
+    """Run ``configs`` together over ``grid`` (``run_cells``); run directory -> None, or why
+    that run failed (a run whose checks fail does not start; the others still run)."""
+    runs: list[CellRun] = []
+    outcome: dict[str, str | None] = {}
+    for i, config in enumerate(configs):
+        try:
+            runs.append(CellRun(config, tag=f"cell{i}"))
+        except Exception as err:  # this run's bad input or state, not the others'
+            outcome[config.run_dir] = f"{type(err).__name__}: {err}"
+    run_cells(grid, runs)
+    outcome.update({str(run.config.run_dir): run.error for run in runs})
+    return outcome
+
+
+def make_cells_app(configs: list[Config], outcome: dict[str, str | None]) -> ServerApp:
+    """A ServerApp running ``configs`` as one federation; fills ``outcome`` (``run_configs``)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        outcome.update(run_configs(grid, configs))
+
+    return server
 
 
 def make_server_app(config: Config | None = None) -> ServerApp:

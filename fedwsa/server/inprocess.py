@@ -92,3 +92,11 @@ def run_in_process(config: Config, num_nodes: int = 1) -> Path:
         config = config.replace(run_dir=str(default_run_dir(config)))
     with server_identity():
         return run_federation(InProcessGrid(num_nodes), config)
+
+
+def run_cells_in_process(configs: list[Config], num_nodes: int = 1) -> dict[str, str | None]:
+    """``run_configs`` (several runs as one federation) over an :class:`InProcessGrid`."""
+    from fedwsa.server.app import run_configs
+
+    with server_identity():
+        return run_configs(InProcessGrid(num_nodes), configs)

@@ -25,12 +25,40 @@ def simulate(config: Config, num_supernodes: int = 1, num_gpus: float = 0.0,
 
     if not config.run_dir:
         config = config.replace(run_dir=str(default_run_dir(config)))
-    cpus = cpus_per_node or (
-        max(1, (os.cpu_count() or 1) // max(1, num_supernodes)) if num_gpus == 0 else 1)
     run_simulation(
         server_app=make_server_app(config),
         client_app=client_app,
         num_supernodes=num_supernodes,
-        backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": num_gpus}},
+        backend_config=_backend(num_supernodes, num_gpus, cpus_per_node),
     )
     return Path(config.run_dir)
+
+
+def simulate_cells(configs: list[Config], num_supernodes: int = 1, num_gpus: float = 0.0,
+                   cpus_per_node: int | None = None) -> dict[str, str | None]:
+    """Run ``configs`` (each with its ``run-dir``) together as ONE federation in Flower's
+    simulation engine: one start-up, one Message per node and round for all of them.
+
+    Returns run directory -> None for a run that went through, or why it failed (the others
+    went on).
+    """
+    from flwr.simulation import run_simulation
+
+    from fedwsa.clients.client_app import app as client_app
+    from fedwsa.server.app import make_cells_app
+
+    outcome: dict[str, str | None] = {}
+    run_simulation(
+        server_app=make_cells_app(configs, outcome),
+        client_app=client_app,
+        num_supernodes=num_supernodes,
+        backend_config=_backend(num_supernodes, num_gpus, cpus_per_node),
+    )
+    return outcome
+
+
+def _backend(num_supernodes: int, num_gpus: float, cpus_per_node: int | None
+             ) -> dict[str, dict[str, float]]:
+    cpus = cpus_per_node or (
+        max(1, (os.cpu_count() or 1) // max(1, num_supernodes)) if num_gpus == 0 else 1)
+    return {"client_resources": {"num_cpus": cpus, "num_gpus": num_gpus}}

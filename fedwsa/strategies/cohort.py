@@ -34,6 +34,7 @@ from fedwsa.maths.scope import (
 from fedwsa.models import build_model
 from fedwsa.protocol import (
     ClientRow,
+    NodeAnswer,
     TrainReply,
     TrainRequest,
     from_arrays,
@@ -194,8 +195,9 @@ class CohortStrategy(Strategy):
             len(messages))
         return messages
 
-    def collect(self, replies: Iterable[Message]) -> ClientUpdates:
-        """Unpack node replies into one id-sorted stack; set aside failed and non-finite clients.
+    def collect(self, answers: Iterable[NodeAnswer]) -> ClientUpdates:
+        """Unpack node answers into one id-sorted stack; set aside failed and non-finite
+        clients.
 
         Sorting by client id makes the aggregate independent of how clients were spread over
         nodes (same sums in the same order).
@@ -204,14 +206,14 @@ class CohortStrategy(Strategy):
         rows: dict[int, ClientRow] = {}
         stats: dict[str, list[float]] = {}
         answered: set[int] = set()
-        for msg in replies:
-            node = msg.metadata.src_node_id
+        for answer in answers:
+            node = answer.node_id
             answered.add(node)
-            if msg.has_error():
+            if answer.content is None:
                 for cid in self._sent.get(node, []):
-                    failures[cid] = f"node {node} failed: {msg.error.reason}"
+                    failures[cid] = f"node {node} failed: {answer.error}"
                 continue
-            reply = unpack_reply(msg.content)
+            reply = unpack_reply(answer.content)
             failures.update(reply.failures)
             for key, value in reply.stats.items():
                 stats.setdefault(key, []).append(value)
@@ -237,7 +239,14 @@ class CohortStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates = self.collect(replies)
+        return self.aggregate_answers(server_round, [
+            NodeAnswer(m.metadata.src_node_id, None if m.has_error() else m.content,
+                       m.error.reason if m.has_error() else None) for m in replies])
+
+    def aggregate_answers(self, server_round: int, answers: Iterable[NodeAnswer]
+                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """``aggregate_train`` on the nodes' answers for this run (unbundled by the server)."""
+        updates = self.collect(answers)
         self.last_updates = updates
         metrics: dict[str, float] = {
             "clients-sampled": len(updates.client_ids) + len(updates.failures),

@@ -1,0 +1,150 @@
+"""Stacked grids: the cells of a grid run as ONE federation, and nothing changes but the time.
+
+Every cell keeps its own strategy, server optimiser state, global model, RNG streams, failures
+and checkpoints; a node answers all of them from one Message per round. These tests run the
+same grid stacked and one by one and compare every cell's numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedwsa.experiments.compare import build_spec, run_grid
+from fedwsa.protocol import bundle, error_content, error_of, unbundle
+from fedwsa.server.inprocess import run_cells_in_process, run_in_process
+
+TIMING = {"elapsed-s", "node-train-s"}
+BASE = {"dataset": "synthetic", "num-clients": 4, "num-server-rounds": 2, "batch-size": 64,
+        "partition": "dirichlet", "alpha": 0.3}
+STRATEGIES = [{"strategy": "fedprox", "prox-mu": 0.1, "server-opt": "adam"},
+              {"strategy": "fedwsa", "server-opt": "avgm", "server-momentum": 0.5}]
+
+
+def rows(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_both(tmp_path: Path, strategies: list, seeds: list[int], sweep: dict,
+             base: dict | None = None) -> tuple[Path, Path]:
+    spec = build_spec(strategies, seeds, sweep, {**BASE, **(base or {})})
+    for name, one_by_one in (("stacked", False), ("single", True)):
+        run_grid(spec, tmp_path / name, progress="off", one_by_one=one_by_one,
+                 simulate=lambda c, n, g: run_in_process(c, num_nodes=n),
+                 simulate_cells=lambda cs, n, g: run_cells_in_process(cs, num_nodes=n),
+                 num_supernodes=2)
+    return tmp_path / "stacked", tmp_path / "single"
+
+
+def test_stacked_grid_equals_running_the_cells_one_by_one(
+        tmp_path: Path, flower_identity: None) -> None:
+    """2 strategies (other client objectives, other server optimisers) x 2 seeds x 2 lr."""
+    stacked, single = run_both(tmp_path, STRATEGIES, [0, 1], {"lr": [0.01, 0.05]})
+    cells = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
+    assert len(cells) == 8
+    for name in cells:
+        assert (stacked / name / "result.json").exists(), name
+        assert rows(stacked / name) == rows(single / name), name
+        configs = [json.loads((exp / name / "config.json").read_text())
+                   for exp in (stacked, single)]
+        assert [{**c, "run-dir": ""} for c in configs] == [{**configs[1], "run-dir": ""}] * 2
+    accs = {name: rows(stacked / name)[-1]["test-accuracy"] for name in cells}
+    assert len(set(accs.values())) > 4  # the cells really differ from each other
+
+
+def test_a_diverging_cell_fails_honestly_and_the_others_go_on(
+        tmp_path: Path, flower_identity: None) -> None:
+    spec = build_spec(["fedavg"], [0], {"lr": [0.05, 1e9]}, BASE)
+    result = run_grid(spec, tmp_path / "exp", progress="off",
+                      simulate_cells=lambda cs, n, g: run_cells_in_process(cs, num_nodes=n))
+    good, bad = (tmp_path / "exp" / f"fedavg_lr={lr}_seed=0" for lr in ("0.05", "1000000000.0"))
+    assert rows(good)[-1]["test-accuracy"] > 0.3 and rows(good)[-1]["clients-failed"] == 0
+    last = rows(bad)[-1]
+    # Every client diverged: each is recorded as failed and the global model was kept.
+    assert last["clients-failed"] == last["clients-sampled"] == 4
+    assert last["global-updated"] == 0
+    assert result.failed == []  # the run itself went through all its rounds
+
+
+def test_a_cell_whose_server_side_fails_is_set_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
+    import fedwsa.server.app as server_app
+
+    real = server_app.CellRun.finish_round
+
+    def breaks_for_lr_0_05(self, server_round, answers):
+        if self.config.lr == 0.05 and server_round == 2:
+            raise RuntimeError("disk full")
+        return real(self, server_round, answers)
+
+    monkeypatch.setattr(server_app.CellRun, "finish_round", breaks_for_lr_0_05)
+    spec = build_spec(["fedavg"], [0], {"lr": [0.01, 0.05]}, {**BASE, "num-server-rounds": 3})
+    result = run_grid(spec, tmp_path / "exp", progress="off",
+                      simulate_cells=lambda cs, n, g: run_cells_in_process(cs, num_nodes=n))
+    assert [(c.path.name, why) for c, why in result.failed] == [
+        ("fedavg_lr=0.05_seed=0", "RuntimeError: disk full")]
+    assert (tmp_path / "exp" / "fedavg_lr=0.01_seed=0" / "result.json").exists()
+    assert [r["round"] for r in rows(tmp_path / "exp" / "fedavg_lr=0.05_seed=0")] == [0, 1]
+
+
+def test_bundles_round_trip_and_carry_per_run_errors() -> None:
+    from flwr.app import ConfigRecord, RecordDict
+
+    parts = {"cell0": RecordDict({"config": ConfigRecord({"x": 1})}),
+             "cell1": error_content("ValueError: bad data")}
+    back = unbundle(bundle(parts))
+    assert list(back) == ["cell0", "cell1"]
+    assert back["cell0"].config_records["config"]["x"] == 1
+    assert error_of(back["cell1"]) == "ValueError: bad data" and error_of(back["cell0"]) is None
+    with pytest.raises(ValueError, match="'/'"):
+        bundle({"a/b": parts["cell0"]})
+
+
+def _finished_rounds(exp: Path) -> int:
+    total = 0
+    for run in exp.glob("*_seed=*"):
+        ckpt = run / "metrics.jsonl"
+        if ckpt.exists():
+            total += max(0, len(ckpt.read_text().splitlines()) - 1)
+    return total
+
+
+def test_a_sigkilled_stacked_grid_resumes_every_cell(tmp_path: Path) -> None:
+    """A real ``fedwsa compare`` (Flower's simulation engine, Ray) killed with SIGKILL in the
+    middle of a stacked grid; the same command again resumes every cell to the metrics of an
+    uninterrupted stacked grid."""
+    base = ("dataset='synthetic' num-clients=4 num-server-rounds=4 batch-size=64 "
+            "partition='dirichlet' alpha=0.3")
+    argv = ["--strategies", "fedavg,scaffold", "--seeds", "0,1", "-c", base,
+            "--progress", "lines"]
+    ref = tmp_path / "ref"
+    run_grid(build_spec(["fedavg", "scaffold"], [0, 1], {},
+                        {**BASE, "num-server-rounds": 4}), ref, progress="off",
+             simulate_cells=lambda cs, n, g: run_cells_in_process(cs, num_nodes=n))
+    exp = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "fedwsa.cli", "compare", *argv, "--out", str(exp)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _finished_rounds(exp) < 6 and time.monotonic() < deadline:
+            assert proc.poll() is None, "compare ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not all((run / "result.json").exists() for run in exp.glob("*_seed=*"))
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "to resume" in again.stderr
+    for run in sorted(ref.glob("*_seed=*")):
+        assert rows(exp / run.name) == rows(run), run.name
