@@ -34,3 +34,13 @@ def fake_replies(messages: Iterable[Message], sizes: dict[int, int],
         reply = TrainReply(ids, stacked, [sizes[c] for c in ids], [0.5] * len(ids))
         replies.append(Message(pack_reply(reply), reply_to=msg))
     return replies, weights
+
+
+def train_reply(msg: Message) -> Message:
+    """The ClientApp's answer to a strategy's (unbundled) train Message for one run."""
+    from fedwsa.clients.client_app import train_run
+    from fedwsa.config import Config
+
+    request = unpack_request(msg.content)
+    reply = train_run(request, Config.from_json(request.run_config))
+    return Message(pack_reply(reply), reply_to=msg)

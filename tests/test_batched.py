@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fakes import FakeGrid
-from flwr.app import Message
+from fakes import FakeGrid, train_reply
 from torch import nn
 
 from fedwsa.algorithms import client_terms
 from fedwsa.clients.batched import BatchedTrainer, layout_chunk, plan_chunks
-from fedwsa.clients.client_app import train_run
 from fedwsa.clients.node import NodeData, node_data
 from fedwsa.clients.sequential import SequentialTrainer
 from fedwsa.clients.trainer import CohortTask, LocalSettings
@@ -34,7 +32,7 @@ def one_round(trainer: str):
     g = {k: v.detach().clone()
          for k, v in build_model("simple-cnn", 10, seed=config.seed).named_parameters()}
     messages = list(strategy.configure_train(1, to_arrays(g), None, FakeGrid()))
-    replies = [Message(train_run(msg.content), reply_to=msg) for msg in messages]
+    replies = [train_reply(msg) for msg in messages]
     arrays, metrics = strategy.aggregate_train(1, replies)
     return config, from_arrays(arrays), metrics, [unpack_reply(r.content) for r in replies]
 

@@ -60,6 +60,35 @@ def test_stacked_grid_equals_running_the_cells_one_by_one(
     assert len(set(accs.values())) > 4  # the cells really differ from each other
 
 
+def test_cells_that_train_alike_share_one_batched_call_and_equal_one_by_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
+    """Client-term-free strategies with the same local SGD settings (fedavg, fednova, fedavg
+    with FedAdam on the server) x 2 seeds: a node trains all six runs' clients in one batched
+    call, and every run's numbers are the bits of its one-by-one run (only the shared node
+    statistics, padding and time, differ)."""
+    import fedwsa.clients.client_app as client_app
+
+    calls: list[int] = []
+    real = client_app.train_fused
+
+    def counting(runs):  # type: ignore[no-untyped-def]
+        calls.append(len(runs))
+        return real(runs)
+
+    monkeypatch.setattr(client_app, "train_fused", counting)
+    strategies = ["fedavg", "fednova", {"strategy": "fedavg", "server-opt": "adam"}]
+    stacked, single = run_both(tmp_path, strategies, [0, 1], {}, {"num-server-rounds": 3})
+    assert calls == [6] * 3 * 2  # 3 rounds x 2 nodes, all six runs together each time
+    names = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
+    assert len(names) == 6
+    for name in names:
+        drop = {"node-wasted-fraction"}
+        got = [{k: v for k, v in r.items() if k not in drop} for r in rows(stacked / name)]
+        want = [{k: v for k, v in r.items() if k not in drop} for r in rows(single / name)]
+        assert got == want, name
+    assert len({rows(stacked / n)[-1]["test-accuracy"] for n in names}) > 3
+
+
 def test_a_diverging_cell_fails_honestly_and_the_others_go_on(
         tmp_path: Path, flower_identity: None) -> None:
     spec = build_spec(["fedavg"], [0], {"lr": [0.05, 1e9]}, BASE)

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import FakeGrid, fake_replies
-from flwr.app import Message
+from fakes import FakeGrid, fake_replies, train_reply
 from torch import nn
 
 from fedwsa.algorithms.base import own_arrays
@@ -250,7 +249,6 @@ def one_thread():
 
 def client_app_round(trainer: str) -> tuple[dict[str, torch.Tensor], dict, dict]:
     """One FedWSA round where the ClientApp's train function answers each node's Message."""
-    from fedwsa.clients.client_app import train_run
 
     config = make_config({"num-clients": 10, "fraction-train": 0.4, "seed": 2, "lr": 0.05,
                           "strategy": "fedwsa", "wsa-beta": 0.5, "trainer": trainer,
@@ -266,7 +264,7 @@ def client_app_round(trainer: str) -> tuple[dict[str, torch.Tensor], dict, dict]
         "initial-mu": torch.zeros(5), "initial-sigma": torch.ones(5),
     }})
     messages = strategy.configure_train(2, to_arrays(g), None, FakeGrid([1, 2]))
-    replies = [Message(train_run(msg.content), reply_to=msg) for msg in messages]
+    replies = [train_reply(msg) for msg in messages]
     arrays, metrics = strategy.aggregate_train(2, replies)
     return from_arrays(arrays), next_target(strategy, 3), metrics
 

@@ -302,8 +302,14 @@ class BatchedTrainer:
         s, data, dev = self.settings, self.data, self.data.device
         K, T, B = layout.indices.shape
         names = list(rnd.global_params)
-        params = {n: v.unsqueeze(0).repeat(K, *([1] * v.dim()))
-                  for n, v in rnd.global_params.items()}
+        start = rnd.task.start_params
+        if start is None:
+            params = {n: v.unsqueeze(0).repeat(K, *([1] * v.dim()))
+                      for n, v in rnd.global_params.items()}
+        else:  # clients of several runs: each starts from its own run's global model
+            rows = torch.tensor([rnd.row[c] for c in layout.client_ids])
+            params = {n: start[n][rows.to(start[n].device)].to(data.device).clone()
+                      for n in names}
         bufs = {n: torch.zeros_like(v) for n, v in params.items()}
         ce_sum = torch.zeros(K, T, device=dev)  # per client and step: CE summed over the batch
         for t, k in enumerate(layout.active):

@@ -26,7 +26,8 @@ class EpochPlan:
 def epoch_plan(data: NodeData, client_id: int, seed: int, server_round: int, epoch: int,
                with_augment: bool) -> EpochPlan:
     """The shuffled indices (and augmentation parameters) of a client's epoch, on the device."""
-    gen = epoch_generator(seed, server_round, client_id, epoch)
+    stream_seed, stream_id = data.stream(client_id, seed)
+    gen = epoch_generator(stream_seed, server_round, stream_id, epoch)
     part = data.partitions[client_id]
     perm = torch.randperm(part.numel(), generator=gen).to(data.device)
     offsets = flips = None

@@ -1,9 +1,10 @@
 """The Flower ``ClientApp``: one call trains a node's whole cohort and answers with one Message.
 
 The Message is a bundle of one request per run the federation serves (one for ``fedwsa run``,
-one per stacked cell for ``fedwsa compare``); each run is trained with its own config and
-answered under its own tag. A run whose request cannot be trained at all (its config, its
-data) is answered with an error for that run only: the other runs of the bundle go on.
+one per stacked cell for ``fedwsa compare``); each run is trained with its own config (runs
+that train alike in one batched call) and answered under its own tag. A run whose request
+cannot be trained at all (its config, its data) is answered with an error for that run only:
+the other runs of the bundle go on.
 """
 
 from __future__ import annotations
@@ -15,11 +16,20 @@ from flwr.clientapp import ClientApp
 
 from fedwsa.algorithms.base import ClientInputs
 from fedwsa.clients.failures import reason, train_cohort
+from fedwsa.clients.fused import fuse_key, fused_groups, train_fused
 from fedwsa.clients.node import node_data
 from fedwsa.clients.trainer import CohortTask
 from fedwsa.clients.trainers import build_trainer
 from fedwsa.config import Config
-from fedwsa.protocol import bundle, error_content, pack_reply, unbundle, unpack_request
+from fedwsa.protocol import (
+    TrainReply,
+    TrainRequest,
+    bundle,
+    error_content,
+    pack_reply,
+    unbundle,
+    unpack_request,
+)
 
 app = ClientApp()
 log = logging.getLogger(__name__)
@@ -27,24 +37,49 @@ log = logging.getLogger(__name__)
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the clients of every run in ``msg``; reply with their weights, run by run."""
+    """Train the clients of every run in ``msg``; reply with their weights, run by run.
+
+    Runs whose clients train alike go through the batched trainer together
+    (``fedwsa.clients.fused``); if such a joint call fails, its runs are trained one by one,
+    so a failure stays with the run that causes it."""
+    parts = unbundle(msg.content)
     replies: dict[str, RecordDict] = {}
-    for tag, content in unbundle(msg.content).items():
+    runs: dict[str, tuple[TrainRequest, Config]] = {}
+    for tag, content in parts.items():
         try:
-            replies[tag] = train_run(content)
+            request = unpack_request(content)
+            runs[tag] = (request, Config.from_json(request.run_config))
         except Exception as err:  # this run's failure, not the other runs'
-            log.warning("run %s could not be trained on this node: %s", tag, reason(err))
-            replies[tag] = error_content(reason(err))
-    return Message(content=bundle(replies), reply_to=msg)
+            replies[tag] = _failed(tag, err)
+    tags = list(runs)
+    for group in fused_groups([fuse_key(config, request) for request, config in runs.values()]):
+        members = [tags[i] for i in group]
+        if len(members) > 1:
+            try:
+                for tag, reply in zip(members, train_fused([runs[t] for t in members]),
+                                      strict=True):
+                    replies[tag] = pack_reply(reply)
+                continue
+            except Exception as err:  # train them one by one: the failure finds its run
+                log.warning("%d runs trained together failed (%s); training them one by one",
+                            len(members), reason(err))
+        for tag in members:
+            try:
+                replies[tag] = pack_reply(train_run(*runs[tag]))
+            except Exception as err:
+                replies[tag] = _failed(tag, err)
+    return Message(content=bundle({tag: replies[tag] for tag in parts}), reply_to=msg)
 
 
-def train_run(content: RecordDict) -> RecordDict:
-    """One run's request -> its reply content."""
-    request = unpack_request(content)
-    config = Config.from_json(request.run_config)
+def _failed(tag: str, err: Exception) -> RecordDict:
+    log.warning("run %s could not be trained on this node: %s", tag, reason(err))
+    return error_content(reason(err))
+
+
+def train_run(request: TrainRequest, config: Config) -> TrainReply:
+    """One run's clients, with the run's own trainer."""
     data = node_data(config)
     trainer = build_trainer(config, data)
     task = CohortTask(request.server_round, request.client_ids, request.global_params,
                       ClientInputs(request.shared, request.per_client))
-    result = train_cohort(trainer, task, seed=config.seed, fail_rate=config.fail_rate)
-    return pack_reply(result)
+    return train_cohort(trainer, task, seed=config.seed, fail_rate=config.fail_rate)

@@ -29,9 +29,17 @@ class NodeData:
     num_classes: int
     partitions: tuple[torch.Tensor, ...]
     pad_mode: str = "reflect"  # how augmentation's random crop pads (``crop-padding``)
+    # Per partition, the (seed, client id) its data order and augmentation are drawn from,
+    # when the partitions are several runs' clients side by side (``fedwsa.clients.fused``);
+    # None: partition i is client i of the run, drawn with the run's seed.
+    streams: tuple[tuple[int, int], ...] | None = None
 
     def client_size(self, client_id: int) -> int:
         return int(self.partitions[client_id].numel())
+
+    def stream(self, client_id: int, seed: int) -> tuple[int, int]:
+        """The (seed, client id) that seed ``client_id``'s shuffling and augmentation."""
+        return (seed, client_id) if self.streams is None else self.streams[client_id]
 
 
 def client_partitions(config: Config, labels: np.ndarray) -> list[np.ndarray]:

@@ -1,0 +1,84 @@
+"""Clients of several runs trained in ONE batched call on a node (stacked grids).
+
+When a federation serves several runs (``fedwsa compare``'s stacked cells), runs whose clients
+train alike can share the batched trainer's ``vmap``: same model, data set and pixel
+pipeline, same local SGD settings, no client term. Their clients become virtual clients of one
+cohort: each keeps its own partition, its own data and augmentation stream (its run's seed and
+its own id), and starts from its own run's global model. Clients never mix inside ``vmap``, and
+on a CPU every client's result is bit-identical whatever it is batched with, so a fused run
+gives the numbers it would give alone (``tests/test_stacked.py``).
+
+What does not fuse (a client term such as FedProx's or WSA's, another model or learning rate,
+the sequential trainer, fault injection) is trained run by run, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+
+from fedwsa.algorithms import client_terms
+from fedwsa.clients.node import NodeData, node_data
+from fedwsa.clients.trainer import CohortTask, LocalSettings
+from fedwsa.clients.trainers import build_trainer
+from fedwsa.config import Config
+from fedwsa.protocol import TrainReply, TrainRequest
+
+
+def fuse_key(config: Config, request: TrainRequest) -> tuple | None:
+    """Runs with equal keys train together; None: this run trains on its own."""
+    if (config.trainer != "batched" or config.fail_rate > 0 or request.shared
+            or request.per_client or client_terms(config, request.global_params)):
+        return None
+    settings = replace(LocalSettings.from_config(config), seed=0)
+    return (settings, config.model, config.dataset, config.data_root, config.device,
+            config.normalize, config.crop_padding, config.precision,
+            config.max_batched_clients, request.server_round)
+
+
+def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]:
+    """Train the clients of ``runs`` (equal ``fuse_key``) in one batched call; one reply per
+    run, in order."""
+    datas = [node_data(config) for _, config in runs]
+    first = datas[0]
+    partitions: list[torch.Tensor] = []
+    streams: list[tuple[int, int]] = []
+    ids: list[int] = []
+    owner: list[tuple[int, int]] = []  # virtual id -> (run, client id)
+    starts: dict[str, list[torch.Tensor]] = {n: [] for n in runs[0][0].global_params}
+    for r, ((request, config), data) in enumerate(zip(runs, datas, strict=True)):
+        if data.images is not first.images or not torch.equal(data.mean, first.mean):
+            raise ValueError("runs fused on a node must share the train set and its pixels")
+        for cid in request.client_ids:
+            ids.append(len(partitions))
+            owner.append((r, cid))
+            partitions.append(data.partitions[cid])
+            streams.append((config.seed, cid))
+            for n, v in request.global_params.items():
+                starts[n].append(v)
+    fused = NodeData(first.device, first.images, first.labels, first.mean, first.std,
+                     first.num_classes, tuple(partitions), first.pad_mode, tuple(streams))
+    request0, config0 = runs[0]
+    trainer = build_trainer(config0, fused)
+    task = CohortTask(request0.server_round, ids, request0.global_params,
+                      start_params={n: torch.stack(v) for n, v in starts.items()})
+    result = trainer.train(task).finite_only()
+    rows = {owner[row.client_id]: row for row in result.rows()}
+    replies = []
+    for r, (request, _) in enumerate(runs):
+        mine = [rows[(r, c)]._replace(client_id=c) for c in request.client_ids
+                if (r, c) in rows]
+        failures = {owner[v][1]: why for v, why in result.failures.items() if owner[v][0] == r}
+        replies.append(TrainReply.from_rows(mine, request.global_params, failures,
+                                            result.stats))
+    return replies
+
+
+def fused_groups(keys: Sequence[tuple | None]) -> list[list[int]]:
+    """Positions grouped by equal key (None: alone), in first-seen order."""
+    groups: dict[object, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(("alone", i) if key is None else key, []).append(i)
+    return list(groups.values())
