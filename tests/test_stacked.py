@@ -62,10 +62,11 @@ def test_stacked_grid_equals_running_the_cells_one_by_one(
 
 def test_cells_that_train_alike_share_one_batched_call_and_equal_one_by_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
-    """Client-term-free strategies with the same local SGD settings (fedavg, fednova, fedavg
-    with FedAdam on the server) x 2 seeds: a node trains all six runs' clients in one batched
-    call, and every run's numbers are the bits of its one-by-one run (only the shared node
-    statistics, padding and time, differ)."""
+    """Strategies with the same local SGD settings x 2 seeds. On each node and round, the six
+    runs without a client term (fedavg, fednova, fedavg with FedAdam on the server) train in
+    one batched call, and so do the two runs of each strategy with a client term (FedProx's mu,
+    WSA's target and SCAFFOLD's c - c_i per run): every run's numbers are the bits of its
+    one-by-one run (only the shared node statistics, padding and time, differ)."""
     import fedwsa.clients.client_app as client_app
 
     calls: list[int] = []
@@ -76,17 +77,19 @@ def test_cells_that_train_alike_share_one_batched_call_and_equal_one_by_one(
         return real(runs)
 
     monkeypatch.setattr(client_app, "train_fused", counting)
-    strategies = ["fedavg", "fednova", {"strategy": "fedavg", "server-opt": "adam"}]
+    strategies = ["fedavg", "fednova", {"strategy": "fedavg", "server-opt": "adam"},
+                  {"strategy": "fedprox", "prox-mu": 0.1}, {"strategy": "fedwsa", "wsa-beta": 0.3},
+                  "scaffold"]
     stacked, single = run_both(tmp_path, strategies, [0, 1], {}, {"num-server-rounds": 3})
-    assert calls == [6] * 3 * 2  # 3 rounds x 2 nodes, all six runs together each time
+    assert calls == [6, 2, 2, 2] * 3 * 2  # 3 rounds x 2 nodes
     names = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
-    assert len(names) == 6
+    assert len(names) == 12
     for name in names:
         drop = {"node-wasted-fraction"}
         got = [{k: v for k, v in r.items() if k not in drop} for r in rows(stacked / name)]
         want = [{k: v for k, v in r.items() if k not in drop} for r in rows(single / name)]
         assert got == want, name
-    assert len({rows(stacked / n)[-1]["test-accuracy"] for n in names}) > 3
+    assert len({rows(stacked / n)[-1]["test-accuracy"] for n in names}) > 6
 
 
 def test_a_diverging_cell_fails_honestly_and_the_others_go_on(

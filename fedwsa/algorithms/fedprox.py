@@ -39,10 +39,17 @@ class ProxTerm(ClientTerm):
     def correct_grad(self, grads: Mapping[str, Tensor], params: Mapping[str, Tensor],
                      global_params: Mapping[str, Tensor], shared: Mapping[str, Tensor],
                      own: Mapping[str, Tensor]) -> None:
-        """grad += mu (theta - theta_g), the gradient of mu/2 ||theta - theta_g||^2."""
+        """grad += mu (theta - theta_g), the gradient of mu/2 ||theta - theta_g||^2.
+
+        ``mu`` is one number, or one per client when clients of several runs train together
+        (then it is broadcast over each weight's dimensions)."""
         names = list(grads)
         diff = torch._foreach_sub([params[n] for n in names], [global_params[n] for n in names])
-        torch._foreach_mul_(diff, shared["mu"])
+        mu = shared["mu"]
+        if mu.dim() == 0:
+            torch._foreach_mul_(diff, mu)
+        else:
+            torch._foreach_mul_(diff, [mu.view(-1, *[1] * (d.dim() - 1)) for d in diff])
         torch._foreach_add_([grads[n] for n in names], diff)
 
 

@@ -180,6 +180,27 @@ class _Round:
     row: dict[int, int]                  # client id -> its row
 
 
+@dataclass
+class _ChunkInputs:
+    """What a chunk's terms see: the global model, their shared and their own inputs. For
+    clients of several runs (``per_client``) the global model and shared inputs are rows too."""
+
+    global_params: dict[str, torch.Tensor]
+    shared: TermArrays
+    own: TermArrays
+    per_client: bool
+
+    def first(self, k: int) -> _ChunkInputs:
+        """The inputs of the chunk's first ``k`` clients (those still training)."""
+        def rows(arrays: TermArrays) -> TermArrays:
+            return {name: {a: v[:k] for a, v in part.items()} for name, part in arrays.items()}
+
+        if not self.per_client:
+            return _ChunkInputs(self.global_params, self.shared, rows(self.own), False)
+        return _ChunkInputs({n: v[:k] for n, v in self.global_params.items()},
+                            rows(self.shared), rows(self.own), True)
+
+
 # Per client its result; then samples computed (padding included) and real.
 _GroupResult = tuple[dict[int, ClientRow], float, float]
 
@@ -209,14 +230,22 @@ class BatchedTrainer:
         self._output_terms = [t for t in self.terms if t.overrides("outputs")]
         # functional_call swaps the weights into the module while it runs, so every worker
         # thread needs a module of its own.
-        self._grads = [self._vmapped_grad(copy.deepcopy(self.model) if w else self.model)
-                       for w in range(self.workers)]
+        self._modules = [copy.deepcopy(self.model) if w else self.model
+                         for w in range(self.workers)]
+        self._grads = {False: [self._vmapped_grad(m, False) for m in self._modules]}
 
-    def _vmapped_grad(self, model: nn.Module) -> Callable[..., Any]:
+    def _vmapped_grad(self, model: nn.Module, per_client: bool) -> Callable[..., Any]:
         """Per client: weights, images, labels, sample weights (and the terms' own inputs).
-        Shared: the global model and the terms' shared inputs (when a term adds a loss)."""
-        in_dims = (0, 0, 0, 0, None, None, 0) if self._loss_terms else (0, 0, 0, 0)
+        Shared: the global model and the terms' shared inputs (when a term adds a loss), or
+        per client too when clients of several runs train together."""
+        shared = 0 if per_client else None
+        in_dims = (0, 0, 0, 0, shared, shared, 0) if self._loss_terms else (0, 0, 0, 0)
         return vmap(grad(functools.partial(self._loss, model), has_aux=True), in_dims=in_dims)
+
+    def _grad_fn(self, worker: int, per_client: bool) -> Callable[..., Any]:
+        if per_client not in self._grads:
+            self._grads[per_client] = [self._vmapped_grad(m, per_client) for m in self._modules]
+        return self._grads[per_client][worker]
 
     def _loss(self, model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
               y: torch.Tensor, w: torch.Tensor,
@@ -268,13 +297,11 @@ class BatchedTrainer:
         computed = real = 0.0
         for chunk in plan_chunks(group, self.settings, self.max_clients):
             layout = layout_chunk(self.data, chunk, self.settings, rnd.task.server_round)
-            rows = [rnd.row[c] for c in chunk]
-            own = term_inputs(self.terms, {k: v[torch.tensor(rows, device=v.device)]
-                                           for k, v in rnd.per_client.items()},
-                              self.data.device)
-            params, losses, c, r = self._train_chunk(rnd, own, layout, self._grads[worker])
+            inputs = self._chunk_inputs(rnd, chunk)
+            params, losses, c, r = self._train_chunk(
+                inputs, layout, self._grad_fn(worker, inputs.per_client))
             computed, real = computed + c, real + r
-            outputs = self._outputs(rnd, own, params, layout.steps)
+            outputs = self._outputs(inputs, params, layout.steps)
             steps = layout.steps.tolist()
             for k, cid in enumerate(chunk):
                 out[cid] = ClientRow(cid, {n: v[k] for n, v in params.items()},
@@ -282,34 +309,49 @@ class BatchedTrainer:
                                      {n: v[k] for n, v in outputs.items()})
         return out, computed, real
 
-    def _outputs(self, rnd: _Round, own: TermArrays, params: dict[str, torch.Tensor],
+    def _chunk_inputs(self, rnd: _Round, chunk: list[int]) -> _ChunkInputs:
+        """The chunk's rows of the per-client inputs (and, for clients of several runs, of
+        their global models and shared inputs), on the device."""
+        rows = [rnd.row[c] for c in chunk]
+
+        def pick(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v[torch.tensor(rows, device=v.device)].to(self.data.device)
+                    for k, v in arrays.items()}
+
+        own = term_inputs(self.terms, pick(rnd.per_client), self.data.device)
+        task = rnd.task
+        if task.start_params is None:
+            return _ChunkInputs(rnd.global_params, rnd.shared, own, False)
+        shared = term_inputs(self.terms, pick(task.shared_rows or {}), self.data.device)
+        return _ChunkInputs(pick(task.start_params), shared, own, True)
+
+    def _outputs(self, inputs: _ChunkInputs, params: dict[str, torch.Tensor],
                  steps: torch.Tensor) -> dict[str, torch.Tensor]:
         """The terms' per-client outputs for a chunk, each client's computed under ``vmap``."""
         out: dict[str, torch.Tensor] = {}
         steps = steps.to(self.data.device)
+        shared = 0 if inputs.per_client else None
         for term in self._output_terms:
             fn = functools.partial(term.outputs, lr=self.settings.lr)
             with torch.no_grad():
-                got = vmap(fn, in_dims=(0, None, None, 0, 0))(
-                    params, rnd.global_params, rnd.shared[term.name], own[term.name], steps)
+                got = vmap(fn, in_dims=(0, shared, shared, 0, 0))(
+                    params, inputs.global_params, inputs.shared[term.name],
+                    inputs.own[term.name], steps)
             out.update(namespaced(term.name, got))
         return out
 
-    def _train_chunk(self, rnd: _Round, own: TermArrays, layout: ChunkLayout,
+    def _train_chunk(self, inputs: _ChunkInputs, layout: ChunkLayout,
                      grad_fn: Callable[..., Any]
                      ) -> tuple[dict[str, torch.Tensor], list[float], float, float]:
         """SGD for one chunk; returns weights, last-epoch mean CE, computed and real samples."""
         s, data, dev = self.settings, self.data, self.data.device
         K, T, B = layout.indices.shape
-        names = list(rnd.global_params)
-        start = rnd.task.start_params
-        if start is None:
+        names = list(inputs.global_params)
+        if inputs.per_client:  # clients of several runs: each from its own run's model
+            params = {n: v.clone() for n, v in inputs.global_params.items()}
+        else:
             params = {n: v.unsqueeze(0).repeat(K, *([1] * v.dim()))
-                      for n, v in rnd.global_params.items()}
-        else:  # clients of several runs: each starts from its own run's global model
-            rows = torch.tensor([rnd.row[c] for c in layout.client_ids])
-            params = {n: start[n][rows.to(start[n].device)].to(data.device).clone()
-                      for n in names}
+                      for n, v in inputs.global_params.items()}
         bufs = {n: torch.zeros_like(v) for n, v in params.items()}
         ce_sum = torch.zeros(K, T, device=dev)  # per client and step: CE summed over the batch
         for t, k in enumerate(layout.active):
@@ -321,8 +363,8 @@ class BatchedTrainer:
             )
             current = {n: params[n][:k] for n in names}  # views: updated in place below
             active = list(current.values())
-            own_k = {name: {a: v[:k] for a, v in arrays.items()} for name, arrays in own.items()}
-            extra = (rnd.global_params, rnd.shared, own_k) if self._loss_terms else ()
+            now = inputs.first(k)
+            extra = (now.global_params, now.shared, now.own) if self._loss_terms else ()
             grads, ce = grad_fn(current, x, layout.labels[:k, t], layout.sample_weight[:k, t],
                                 *extra)
             with torch.no_grad():
@@ -330,8 +372,8 @@ class BatchedTrainer:
                 # torch.optim.SGD (dampening 0, no Nesterov): g += wd p; buf = m buf + g;
                 # p -= lr buf. A zero buffer makes the first step buf = g, as in SGD.
                 for term in self._corrections:
-                    term.correct_grad(grads, current, rnd.global_params, rnd.shared[term.name],
-                                      own_k[term.name])
+                    term.correct_grad(grads, current, now.global_params, now.shared[term.name],
+                                      now.own[term.name])
                 g = [grads[n] for n in names]
                 if s.weight_decay:
                     torch._foreach_add_(g, active, alpha=s.weight_decay)
@@ -340,7 +382,7 @@ class BatchedTrainer:
                 torch._foreach_add_(buf, g)
                 torch._foreach_add_(active, buf, alpha=-s.lr)
                 for term in self._steps_after:
-                    term.after_step(current, rnd.shared[term.name], own_k[term.name], s.lr)
+                    term.after_step(current, now.shared[term.name], now.own[term.name], s.lr)
         computed = float(B * sum(layout.active))
         real = float((layout.sample_weight > 0).sum())
         # Each client's own steps only: a sum of the same length in any chunk, so the same bits.

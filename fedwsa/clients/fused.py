@@ -2,14 +2,15 @@
 
 When a federation serves several runs (``fedwsa compare``'s stacked cells), runs whose clients
 train alike can share the batched trainer's ``vmap``: same model, data set and pixel
-pipeline, same local SGD settings, no client term. Their clients become virtual clients of one
-cohort: each keeps its own partition, its own data and augmentation stream (its run's seed and
-its own id), and starts from its own run's global model. Clients never mix inside ``vmap``, and
-on a CPU every client's result is bit-identical whatever it is batched with, so a fused run
-gives the numbers it would give alone (``tests/test_stacked.py``).
+pipeline, same local SGD settings, the same client terms. Their clients become virtual clients
+of one cohort: each keeps its own partition, its own data and augmentation stream (its run's
+seed and its own id), starts from its own run's global model, and its terms see its own run's
+inputs (a FedProx mu, a WSA target, SCAFFOLD's c - c_i), all as rows of one stack. Clients
+never mix inside ``vmap``, and on a CPU every client's result is bit-identical whatever it is
+batched with, so a fused run gives the numbers it would give alone (``tests/test_stacked.py``).
 
-What does not fuse (a client term such as FedProx's or WSA's, another model or learning rate,
-the sequential trainer, fault injection) is trained run by run, as before.
+What does not fuse (other client terms, another model or learning rate, the sequential
+trainer, fault injection) is trained run by run, as before.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import replace
 import torch
 
 from fedwsa.algorithms import client_terms
+from fedwsa.algorithms.base import ClientInputs
 from fedwsa.clients.node import NodeData, node_data
 from fedwsa.clients.trainer import CohortTask, LocalSettings
 from fedwsa.clients.trainers import build_trainer
@@ -29,13 +31,15 @@ from fedwsa.protocol import TrainReply, TrainRequest
 
 def fuse_key(config: Config, request: TrainRequest) -> tuple | None:
     """Runs with equal keys train together; None: this run trains on its own."""
-    if (config.trainer != "batched" or config.fail_rate > 0 or request.shared
-            or request.per_client or client_terms(config, request.global_params)):
+    if config.trainer != "batched" or config.fail_rate > 0:
         return None
     settings = replace(LocalSettings.from_config(config), seed=0)
-    return (settings, config.model, config.dataset, config.data_root, config.device,
-            config.normalize, config.crop_padding, config.precision,
-            config.max_batched_clients, request.server_round)
+    terms = tuple(t.name for t in client_terms(config, request.global_params))
+    return (settings, terms, tuple(sorted(request.shared)), tuple(sorted(request.per_client)),
+            config.model,
+            config.dataset, config.data_root, config.device, config.normalize,
+            config.crop_padding, config.precision, config.max_batched_clients,
+            request.server_round)
 
 
 def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]:
@@ -48,22 +52,32 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
     ids: list[int] = []
     owner: list[tuple[int, int]] = []  # virtual id -> (run, client id)
     starts: dict[str, list[torch.Tensor]] = {n: [] for n in runs[0][0].global_params}
+    shared: dict[str, list[torch.Tensor]] = {n: [] for n in runs[0][0].shared}
+    own: dict[str, list[torch.Tensor]] = {n: [] for n in runs[0][0].per_client}
     for r, ((request, config), data) in enumerate(zip(runs, datas, strict=True)):
         if data.images is not first.images or not torch.equal(data.mean, first.mean):
             raise ValueError("runs fused on a node must share the train set and its pixels")
-        for cid in request.client_ids:
+        for k, cid in enumerate(request.client_ids):
             ids.append(len(partitions))
             owner.append((r, cid))
             partitions.append(data.partitions[cid])
             streams.append((config.seed, cid))
-            for n, v in request.global_params.items():
-                starts[n].append(v)
+            for arrays, rows in ((request.global_params, starts), (request.shared, shared)):
+                for n, v in arrays.items():
+                    rows[n].append(v)
+            for n, v in request.per_client.items():
+                own[n].append(v[k])
     fused = NodeData(first.device, first.images, first.labels, first.mean, first.std,
                      first.num_classes, tuple(partitions), first.pad_mode, tuple(streams))
     request0, config0 = runs[0]
     trainer = build_trainer(config0, fused)
+
+    def stacked(rows: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {n: torch.stack(v) for n, v in rows.items()}
+
     task = CohortTask(request0.server_round, ids, request0.global_params,
-                      start_params={n: torch.stack(v) for n, v in starts.items()})
+                      ClientInputs(per_client=stacked(own)), start_params=stacked(starts),
+                      shared_rows=stacked(shared))
     result = trainer.train(task).finite_only()
     rows = {owner[row.client_id]: row for row in result.rows()}
     replies = []

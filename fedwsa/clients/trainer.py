@@ -47,20 +47,27 @@ class CohortTask:
     client_ids: list[int]
     global_params: dict[str, torch.Tensor]
     inputs: ClientInputs = field(default_factory=ClientInputs)
-    # Each client's starting weights, stacked in client_ids order, when clients of several
-    # runs train together (``fedwsa.clients.fused``); None: every client starts from
-    # ``global_params``. Only the batched trainer takes them.
+    # When clients of several runs train together (``fedwsa.clients.fused``): each client's
+    # starting weights (its run's global model) and its run's shared inputs, as rows stacked in
+    # client_ids order; the terms then see both per client. None: every client starts from
+    # ``global_params`` and the shared inputs are ``inputs.shared``. Only the batched trainer
+    # takes them.
     start_params: dict[str, torch.Tensor] | None = None
+    shared_rows: dict[str, torch.Tensor] | None = None
 
     def subset(self, client_ids: Sequence[int]) -> CohortTask:
         """The same task for some of its clients (their rows of the per-client inputs)."""
         pos = {c: i for i, c in enumerate(self.client_ids)}
         rows = [pos[c] for c in client_ids]
-        start = None if self.start_params is None else {
-            n: v[torch.tensor(rows, dtype=torch.long, device=v.device)]
-            for n, v in self.start_params.items()}
+
+        def pick(arrays: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+            return None if arrays is None else {
+                n: v[torch.tensor(rows, dtype=torch.long, device=v.device)]
+                for n, v in arrays.items()}
+
         return CohortTask(self.server_round, list(client_ids), self.global_params,
-                          self.inputs.rows(rows), start)
+                          self.inputs.rows(rows), pick(self.start_params),
+                          pick(self.shared_rows))
 
 
 def term_inputs(terms: Sequence[ClientTerm], arrays: dict[str, torch.Tensor],
