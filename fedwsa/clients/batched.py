@@ -189,16 +189,18 @@ class _ChunkInputs:
     shared: TermArrays
     own: TermArrays
     per_client: bool
+    hyper: dict[str, torch.Tensor] | None = None  # per-client lr, momentum, weight-decay
 
     def first(self, k: int) -> _ChunkInputs:
         """The inputs of the chunk's first ``k`` clients (those still training)."""
         def rows(arrays: TermArrays) -> TermArrays:
             return {name: {a: v[:k] for a, v in part.items()} for name, part in arrays.items()}
 
+        hyper = None if self.hyper is None else {n: v[:k] for n, v in self.hyper.items()}
         if not self.per_client:
-            return _ChunkInputs(self.global_params, self.shared, rows(self.own), False)
+            return _ChunkInputs(self.global_params, self.shared, rows(self.own), False, hyper)
         return _ChunkInputs({n: v[:k] for n, v in self.global_params.items()},
-                            rows(self.shared), rows(self.own), True)
+                            rows(self.shared), rows(self.own), True, hyper)
 
 
 # Per client its result; then samples computed (padding included) and real.
@@ -323,7 +325,8 @@ class BatchedTrainer:
         if task.start_params is None:
             return _ChunkInputs(rnd.global_params, rnd.shared, own, False)
         shared = term_inputs(self.terms, pick(task.shared_rows or {}), self.data.device)
-        return _ChunkInputs(pick(task.start_params), shared, own, True)
+        hyper = None if task.hyper_rows is None else pick(task.hyper_rows)
+        return _ChunkInputs(pick(task.start_params), shared, own, True, hyper)
 
     def _outputs(self, inputs: _ChunkInputs, params: dict[str, torch.Tensor],
                  steps: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -375,12 +378,22 @@ class BatchedTrainer:
                     term.correct_grad(grads, current, now.global_params, now.shared[term.name],
                                       now.own[term.name])
                 g = [grads[n] for n in names]
-                if s.weight_decay:
-                    torch._foreach_add_(g, active, alpha=s.weight_decay)
                 buf = [bufs[n][:k] for n in names]
-                torch._foreach_mul_(buf, s.momentum)
-                torch._foreach_add_(buf, g)
-                torch._foreach_add_(active, buf, alpha=-s.lr)
+                if now.hyper is None:
+                    if s.weight_decay:
+                        torch._foreach_add_(g, active, alpha=s.weight_decay)
+                    torch._foreach_mul_(buf, s.momentum)
+                    torch._foreach_add_(buf, g)
+                    torch._foreach_add_(active, buf, alpha=-s.lr)
+                else:  # each client's own lr, momentum and weight decay, as tensors
+                    # (addcmul with a tensor factor rounds as add with a scalar alpha does:
+                    # the same bits as the scalar step on this CPU)
+                    h = {n: [v.view(-1, *[1] * (p.dim() - 1)) for p in active]
+                         for n, v in now.hyper.items()}
+                    torch._foreach_addcmul_(g, active, h["weight-decay"])
+                    torch._foreach_mul_(buf, h["momentum"])
+                    torch._foreach_add_(buf, g)
+                    torch._foreach_addcmul_(active, buf, h["neg-lr"])
                 for term in self._steps_after:
                     term.after_step(current, now.shared[term.name], now.own[term.name], s.lr)
         computed = float(B * sum(layout.active))

@@ -1,16 +1,20 @@
 """Clients of several runs trained in ONE batched call on a node (stacked grids).
 
 When a federation serves several runs (``fedwsa compare``'s stacked cells), runs whose clients
-train alike can share the batched trainer's ``vmap``: same model, data set and pixel
-pipeline, same local SGD settings, the same client terms. Their clients become virtual clients
-of one cohort: each keeps its own partition, its own data and augmentation stream (its run's
-seed and its own id), starts from its own run's global model, and its terms see its own run's
-inputs (a FedProx mu, a WSA target, SCAFFOLD's c - c_i), all as rows of one stack. Clients
-never mix inside ``vmap``, and on a CPU every client's result is bit-identical whatever it is
-batched with, so a fused run gives the numbers it would give alone (``tests/test_stacked.py``).
+train alike can share the batched trainer's ``vmap``: same model, data set and pixel pipeline,
+epochs, batch size and augmentation, the same client terms (learning rate, momentum and weight
+decay may differ: they enter the step as per-client tensors). Their clients become virtual
+clients of one cohort: each keeps its own partition, its own data and augmentation stream (its
+run's seed and its own id), starts from its own run's global model, and its terms see its own
+run's inputs (a FedProx mu, a WSA target, SCAFFOLD's c - c_i), all as rows of one stack.
+Clients never mix inside ``vmap``, and on a CPU every client's result is bit-identical whatever
+it is batched with, so a fused run gives the numbers it would give alone
+(``tests/test_stacked.py``).
 
-What does not fuse (other client terms, another model or learning rate, the sequential
-trainer, fault injection) is trained run by run, as before.
+What does not fuse (other client terms, another model, epochs or batch size, the sequential
+trainer, fault injection) is trained in its own call, as before. Runs that differ in lr,
+momentum or weight decay step with per-client tensors; they agree with their one-by-one runs
+to float rounding (bit for bit on the CPUs we measured, not guaranteed on every kernel).
 """
 
 from __future__ import annotations
@@ -33,10 +37,16 @@ def fuse_key(config: Config, request: TrainRequest) -> tuple | None:
     """Runs with equal keys train together; None: this run trains on its own."""
     if config.trainer != "batched" or config.fail_rate > 0:
         return None
-    settings = replace(LocalSettings.from_config(config), seed=0)
-    terms = tuple(t.name for t in client_terms(config, request.global_params))
-    return (settings, terms, tuple(sorted(request.shared)), tuple(sorted(request.per_client)),
-            config.model,
+    terms = client_terms(config, request.global_params)
+    # lr, momentum and weight decay may differ per client (tensors in the batched step),
+    # unless a term steps with the learning rate itself (SCAFFOLD's correction).
+    uses_lr = any(t.overrides("after_step") or t.overrides("outputs") for t in terms)
+    settings = replace(LocalSettings.from_config(config), seed=0,
+                       lr=config.lr if uses_lr else 0.0, momentum=0.0, weight_decay=0.0)
+    return (settings, tuple(t.name for t in terms), tuple(sorted(request.shared)),
+            tuple(sorted(request.per_client)),
+            # The synthetic set is drawn from the seed: its runs of other seeds have other images.
+            config.seed if config.dataset == "synthetic" else None, config.model,
             config.dataset, config.data_root, config.device, config.normalize,
             config.crop_padding, config.precision, config.max_batched_clients,
             request.server_round)
@@ -75,9 +85,16 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
     def stacked(rows: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
         return {n: torch.stack(v) for n, v in rows.items()}
 
+    hyper: dict[str, torch.Tensor] | None = None
+    values = [(c.lr, c.momentum, c.weight_decay) for _, c in runs]
+    if len(set(values)) > 1:  # each client's own; else the trainer's scalars (same bits)
+        per_client = [values[r] for r, _ in owner]
+        hyper = {name: torch.tensor([v[i] for v in per_client], dtype=torch.float32)
+                 for i, name in enumerate(("neg-lr", "momentum", "weight-decay"))}
+        hyper["neg-lr"] = -hyper["neg-lr"]
     task = CohortTask(request0.server_round, ids, request0.global_params,
                       ClientInputs(per_client=stacked(own)), start_params=stacked(starts),
-                      shared_rows=stacked(shared))
+                      shared_rows=stacked(shared), hyper_rows=hyper)
     result = trainer.train(task).finite_only()
     rows = {owner[row.client_id]: row for row in result.rows()}
     replies = []

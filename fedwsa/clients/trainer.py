@@ -54,6 +54,9 @@ class CohortTask:
     # takes them.
     start_params: dict[str, torch.Tensor] | None = None
     shared_rows: dict[str, torch.Tensor] | None = None
+    # Each client's local SGD ``lr``, ``momentum`` and ``weight-decay`` ([clients] each), when
+    # fused runs differ in them; None: the trainer's ``LocalSettings`` for every client.
+    hyper_rows: dict[str, torch.Tensor] | None = None
 
     def subset(self, client_ids: Sequence[int]) -> CohortTask:
         """The same task for some of its clients (their rows of the per-client inputs)."""
@@ -67,7 +70,7 @@ class CohortTask:
 
         return CohortTask(self.server_round, list(client_ids), self.global_params,
                           self.inputs.rows(rows), pick(self.start_params),
-                          pick(self.shared_rows))
+                          pick(self.shared_rows), pick(self.hyper_rows))
 
 
 def term_inputs(terms: Sequence[ClientTerm], arrays: dict[str, torch.Tensor],
