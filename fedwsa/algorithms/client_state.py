@@ -126,6 +126,9 @@ class ClientStateStore:
 
     def _load(self, path: Path) -> np.ndarray:
         try:
+            with path.open("rb") as fh:
+                if fh.read(6) != b"\x93NUMPY":
+                    raise ValueError("not a .npy file")
             flat = np.load(path, allow_pickle=False, mmap_mode="r")
         except (OSError, ValueError) as err:
             raise self._error(f"a store whose client files are readable ({path}: "
