@@ -106,9 +106,11 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 def test_grid_runs_every_cell_and_writes_grid_json(grid: SimpleNamespace) -> None:
     assert grid.rc == 0, grid.stderr
+    # One federation per synthetic train set (drawn from the seed): the cells of a seed.
     assert [(c.strategy, c.seed) for c in grid.spy.configs] == [
-        (s, seed) for s in STRATEGIES for seed in SEEDS
+        (s, seed) for seed in SEEDS for s in STRATEGIES
     ]
+    assert grid.spy.groups == [len(STRATEGIES)] * len(SEEDS)
     assert all(not c.resume for c in grid.spy.configs)
     runs = sorted(p.name for p in grid.out.iterdir() if p.is_dir())
     assert runs == sorted(CELLS)

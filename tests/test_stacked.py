@@ -119,6 +119,30 @@ def test_cells_that_train_alike_share_one_batched_call_and_equal_one_by_one(
     assert len({rows(stacked / n)[-1]["test-accuracy"] for n in names}) > 6
 
 
+def test_runs_fuse_only_when_their_clients_train_alike() -> None:
+    from fedwsa.clients.fused import fuse_key
+    from fedwsa.config import make_config
+    from fedwsa.models import build_model
+    from fedwsa.protocol import TrainRequest
+
+    g = dict(build_model("simple-cnn", 10).named_parameters())
+
+    def key(**keys):  # type: ignore[no-untyped-def]
+        config = make_config({"dataset": "cifar10", **{k.replace("_", "-"): v
+                                                       for k, v in keys.items()}})
+        return fuse_key(config, TrainRequest(1, [0, 1], config.to_json(), g))
+
+    assert key(strategy="fedavg", seed=0) == key(strategy="fednova", seed=1, lr=0.05)
+    assert key(strategy="fedwsa", lr=0.01, momentum=0.5) == key(strategy="fedwsa", lr=0.1)
+    assert key(strategy="fedwsa", wsa_layers="conv1.weight") != key(
+        strategy="fedwsa", wsa_layers="fc3.weight")  # the term regularises other layers
+    assert key(strategy="scaffold", lr=0.01) != key(strategy="scaffold", lr=0.02)  # steps with lr
+    assert key(batch_size=32) != key(batch_size=64)
+    assert key(strategy="fedavg") != key(strategy="fedprox")
+    assert key(trainer="sequential") is None and key(fail_rate=0.1) is None
+    assert key(dataset="synthetic", seed=0) != key(dataset="synthetic", seed=1)
+
+
 def test_a_diverging_cell_fails_honestly_and_the_others_go_on(
         tmp_path: Path, flower_identity: None) -> None:
     spec = build_spec(["fedavg"], [0], {"lr": [0.05, 1e9]}, BASE)

@@ -75,6 +75,11 @@ class ClientTerm:
 
     name = ""
 
+    def fuse_key(self) -> tuple[Any, ...]:
+        """What, besides its inputs, makes this term act differently in another run (e.g. the
+        layers WSA regularises): runs fuse on a node only when their terms' keys are equal."""
+        return ()
+
     def overrides(self, hook: str) -> bool:
         """Does this term define ``hook``? Trainers call only the hooks a term defines."""
         return getattr(type(self), hook) is not getattr(ClientTerm, hook)

@@ -80,6 +80,9 @@ class WsaTerm(ClientTerm):
     def __init__(self, names: Sequence[str]) -> None:
         self.names = list(names)
 
+    def fuse_key(self) -> tuple[Any, ...]:
+        return tuple(self.names)
+
     def loss(self, params: Mapping[str, Tensor], global_params: Mapping[str, Tensor],
              shared: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> Tensor:
         return shared["beta"] * wsa_penalty(params, self.names, shared["mu"], shared["sigma"])

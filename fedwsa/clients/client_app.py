@@ -52,7 +52,7 @@ def train(msg: Message, context: Context) -> Message:
         except Exception as err:  # this run's failure, not the other runs'
             replies[tag] = _failed(tag, err)
     tags = list(runs)
-    for group in fused_groups([fuse_key(config, request) for request, config in runs.values()]):
+    for group in fused_groups([_fuse_key(*runs[t]) for t in tags]):
         members = [tags[i] for i in group]
         if len(members) > 1:
             try:
@@ -69,6 +69,15 @@ def train(msg: Message, context: Context) -> Message:
             except Exception as err:
                 replies[tag] = _failed(tag, err)
     return Message(content=bundle({tag: replies[tag] for tag in parts}), reply_to=msg)
+
+
+def _fuse_key(request: TrainRequest, config: Config) -> tuple | None:
+    """``fuse_key``, or None (train alone) when it cannot be made: that run's problem then
+    shows when it trains, as its own error."""
+    try:
+        return fuse_key(config, request)
+    except Exception:  # the run's own training reports what is wrong with it
+        return None
 
 
 def _failed(tag: str, err: Exception) -> RecordDict:

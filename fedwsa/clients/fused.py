@@ -43,7 +43,7 @@ def fuse_key(config: Config, request: TrainRequest) -> tuple | None:
     uses_lr = any(t.overrides("after_step") or t.overrides("outputs") for t in terms)
     settings = replace(LocalSettings.from_config(config), seed=0,
                        lr=config.lr if uses_lr else 0.0, momentum=0.0, weight_decay=0.0)
-    return (settings, tuple(t.name for t in terms), tuple(sorted(request.shared)),
+    return (settings, tuple((t.name, t.fuse_key()) for t in terms), tuple(sorted(request.shared)),
             tuple(sorted(request.per_client)),
             # The synthetic set is drawn from the seed: its runs of other seeds have other images.
             config.seed if config.dataset == "synthetic" else None, config.model,

@@ -583,11 +583,14 @@ def run_grid(
 
 
 def stack_groups(todo: Sequence[tuple[Cell, Config]]) -> list[list[tuple[Cell, Config]]]:
-    """The cells that run as one federation: those of one dataset (a node keeps one copy of
-    its train set for all of them), in grid order."""
-    groups: dict[tuple[str, str], list[tuple[Cell, Config]]] = {}
+    """The cells that run as one federation: those of one train set (a node keeps one copy
+    of it for all of them; the synthetic set is drawn from the seed, so one per seed), in grid
+    order."""
+    groups: dict[tuple[str, str, int | None], list[tuple[Cell, Config]]] = {}
     for cell, config in todo:
-        groups.setdefault((config.dataset, config.data_root), []).append((cell, config))
+        key = (config.dataset, config.data_root,
+               config.seed if config.dataset == "synthetic" else None)
+        groups.setdefault(key, []).append((cell, config))
     return list(groups.values())
 
 

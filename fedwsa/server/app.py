@@ -205,9 +205,9 @@ def run_cells(grid: Grid, runs: list[CellRun]) -> None:
 
     Each round every active run makes its own requests; a node gets ONE Message bundling its
     requests of all runs (``protocol.bundle``) and answers them in one reply, which is split
-    back by run. A run that fails (its server side raises, or every node answers it with an
-    error that stops it) is set aside with its error (its run directory stays unfinished, as
-    after a crash) and the other runs go on; ``run.error`` says why.
+    back by run. A run whose server side raises is set aside with its error (its run directory
+    stays unfinished, as after a crash) and the other runs go on; ``run.error`` says why. A
+    run whose clients all fail in a round keeps its model that round, as it would alone.
     """
     nodes = wait_for_nodes(grid)
     log(INFO, "[fedwsa] %d node(s) connected, %d run(s)", len(nodes), len(runs))
@@ -234,9 +234,9 @@ def run_cells(grid: Grid, runs: list[CellRun]) -> None:
                 error = error_of(content)
                 answers[tag].append(NodeAnswer(node, None if error else content, error))
         for run in active:
+            mine = answers.pop(run.tag)  # released as soon as the run has aggregated them
             if run.error is None:
-                _guarded(run, functools.partial(run.finish_round, server_round,
-                                                answers[run.tag]))
+                _guarded(run, functools.partial(run.finish_round, server_round, mine))
 
 
 def _guarded(run: CellRun, step: Callable[[], Any]) -> Any:
@@ -264,18 +264,26 @@ def run_federation(grid: Grid, config: Config) -> Path:
     return run.run_path
 
 
-def run_configs(grid: Grid, configs: list[Config]) -> dict[str, str | None]:
+def run_configs(grid: Grid, configs: list[Config],
+                outcome: dict[str, str | None] | None = None) -> dict[str, str | None]:
     """Run ``configs`` together over ``grid`` (``run_cells``); run directory -> None, or why
-    that run failed (a run whose checks fail does not start; the others still run)."""
+    that run failed (a run whose checks fail does not start; the others still run).
+    ``outcome`` is filled as it goes, so a federation that fails still says why per run."""
     runs: list[CellRun] = []
-    outcome: dict[str, str | None] = {}
+    outcome = {} if outcome is None else outcome
     for i, config in enumerate(configs):
         try:
             runs.append(CellRun(config, tag=f"cell{i}"))
         except Exception as err:  # this run's bad input or state, not the others'
             outcome[config.run_dir] = f"{type(err).__name__}: {err}"
-    run_cells(grid, runs)
-    outcome.update({str(run.config.run_dir): run.error for run in runs})
+    try:
+        run_cells(grid, runs)
+    except Exception as err:  # the federation itself failed: every unfinished run says why
+        for run in runs:
+            run.error = run.error or f"the federation failed: {type(err).__name__}: {err}"
+        raise
+    finally:
+        outcome.update({str(run.config.run_dir): run.error for run in runs})
     return outcome
 
 
@@ -285,7 +293,7 @@ def make_cells_app(configs: list[Config], outcome: dict[str, str | None]) -> Ser
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        outcome.update(run_configs(grid, configs))
+        run_configs(grid, configs, outcome)
 
     return server
 

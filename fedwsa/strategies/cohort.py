@@ -81,7 +81,6 @@ class CohortStrategy(Strategy):
         self.composition = compose(config, model_parameters(config))
         self._sent: dict[int, list[int]] = {}
         self._global: dict[str, torch.Tensor] = {}
-        self.last_updates: ClientUpdates | None = None
 
     def part(self, name: str) -> Any:
         """The server part called ``name`` (e.g. ``"wsa"``, ``"cart"``, ``"adam"``)."""
@@ -247,7 +246,6 @@ class CohortStrategy(Strategy):
                           ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """``aggregate_train`` on the nodes' answers for this run (unbundled by the server)."""
         updates = self.collect(answers)
-        self.last_updates = updates
         metrics: dict[str, float] = {
             "clients-sampled": len(updates.client_ids) + len(updates.failures),
             "clients-failed": len(updates.failures),
