@@ -87,6 +87,15 @@ def default_data_root(name: str) -> Path:
     return Path.home() / ".cache" / "fedwsa" / name
 
 
+def train_set_key(name: str, data_root: str, seed: int) -> tuple[str, str, int | None]:
+    """What decides a dataset's images: runs with equal keys see the same train set. The
+    synthetic set is drawn from the seed (and has no root); a real one ignores the seed."""
+    if name == "synthetic":
+        return name, "", int(seed)
+    root = os.path.expanduser(str(data_root)) if data_root else str(default_data_root(name))
+    return name, root, None
+
+
 def load_dataset(name: str, data_root: str, seed: int) -> Dataset:
     """Load ``name`` (one of ``DATASETS``), cached per process.
 
@@ -96,11 +105,9 @@ def load_dataset(name: str, data_root: str, seed: int) -> Dataset:
     """
     if name not in DATASETS:
         raise DataError(f"dataset={name!r} is not known; accepted: {', '.join(DATASETS)}")
-    if name == "synthetic":
-        return _load_cached(name, "", int(seed))
-    root = os.path.expanduser(str(data_root)) if data_root else str(default_data_root(name))
     # Real datasets do not depend on the seed: one cache entry serves every seed.
-    return _load_cached(name, root, 0)
+    key_name, root, key_seed = train_set_key(name, data_root, seed)
+    return _load_cached(key_name, root, 0 if key_seed is None else key_seed)
 
 
 @functools.lru_cache(maxsize=8)

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedwsa.algorithms.base import take_rows
 from fedwsa.maths.merging import finite_clients
 
 ARRAYS, CONFIG, METRICS, FAILURES, STATS = "arrays", "config", "metrics", "failures", "stats"
@@ -114,18 +115,14 @@ class TrainReply:
 
     def select(self, positions: list[int]) -> TrainReply:
         """The reply restricted to the clients at ``positions`` (failures and stats kept)."""
-        index = torch.tensor(positions, dtype=torch.long)
-
-        def rows(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {n: v[index.to(v.device)] for n, v in arrays.items()}
-
         return TrainReply(
-            client_ids=[self.client_ids[j] for j in positions], params=rows(self.params),
+            client_ids=[self.client_ids[j] for j in positions],
+            params=take_rows(self.params, positions),
             num_examples=[self.num_examples[j] for j in positions],
             train_loss=[self.train_loss[j] for j in positions],
             failures=dict(self.failures), stats=dict(self.stats),
             steps=[self.steps[j] for j in positions] if self.steps else [],
-            outputs=rows(self.outputs))
+            outputs=take_rows(self.outputs, positions))
 
 
 def to_arrays(params: dict[str, torch.Tensor]) -> ArrayRecord:

@@ -38,6 +38,13 @@ from torch import Tensor
 Tensors = dict[str, Tensor]
 
 
+def take_rows(arrays: Mapping[str, Tensor], index: Sequence[int],
+              device: torch.device | str | None = None) -> Tensors:
+    """Rows ``index`` (axis 0) of every array, moved to ``device`` when given."""
+    idx = torch.as_tensor(list(index), dtype=torch.long)
+    return {k: v[idx.to(v.device)].to(device or v.device) for k, v in arrays.items()}
+
+
 def namespaced(part: str, arrays: Mapping[str, Tensor]) -> Tensors:
     """``arrays`` with keys prefixed ``"<part>/"`` for the wire."""
     return {f"{part}/{k}": v for k, v in arrays.items()}
@@ -61,9 +68,7 @@ class ClientInputs:
 
     def rows(self, index: Sequence[int]) -> ClientInputs:
         """The same inputs for the clients at positions ``index`` of the cohort."""
-        idx = torch.as_tensor(list(index), dtype=torch.long)
-        return ClientInputs(dict(self.shared),
-                            {k: v[idx.to(v.device)] for k, v in self.per_client.items()})
+        return ClientInputs(dict(self.shared), take_rows(self.per_client, index))
 
     def merged(self, other: ClientInputs) -> ClientInputs:
         return ClientInputs({**self.shared, **other.shared},

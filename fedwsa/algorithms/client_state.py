@@ -104,17 +104,16 @@ class ClientStateStore:
             self._load(self._file(cid, rnd))  # reads the header and checks the size
 
     # --- reading and writing --------------------------------------------------------------
-    def open(self, store_id: str | None = None) -> None:
+    def open(self) -> None:
         """Create the store (new run) or tidy it (resumed run: drop files no checkpoint needs)."""
         if self._open:
             return
-        if store_id is None:
+        if not self.id:
             self.id = uuid.uuid4().hex
             layout = [[n, list(s)] for n, s in zip(self.names, self.shapes, strict=True)]
             write_text_atomic(self.path / MANIFEST, json.dumps(
                 {"format": FORMAT, "id": self.id, "params": layout}, indent=1))
         else:
-            self.id = store_id
             keep = {self._file(c, r).name for c, r in self.current.items()} | {MANIFEST}
             for f in self.path.iterdir():
                 if f.name not in keep and (_FILE.fullmatch(f.name) or f.name.endswith(".tmp")):
@@ -141,7 +140,7 @@ class ClientStateStore:
     def read(self, client_ids: Sequence[int], device: torch.device | str = "cpu"
              ) -> dict[str, Tensor]:
         """The clients' states stacked on axis 0 (zeros for a client never written)."""
-        self.open(self.id or None)
+        self.open()
         rows = np.zeros((len(client_ids), self.numel), dtype=np.float32)
         for k, cid in enumerate(client_ids):
             if cid in self.current:
@@ -150,7 +149,7 @@ class ClientStateStore:
 
     def write(self, server_round: int, states: Mapping[int, Mapping[str, Tensor]]) -> None:
         """Store each client's new state as its version of ``server_round``."""
-        self.open(self.id or None)
+        self.open()
         for cid, state in states.items():
             flat = torch.cat([state[n].detach().reshape(-1).float().cpu() for n in self.names])
             buf = io.BytesIO()

@@ -43,7 +43,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from fedwsa.algorithms.base import ClientTerm, namespaced
+from fedwsa.algorithms.base import ClientTerm, namespaced, take_rows
 from fedwsa.clients.batches import epoch_plan, load_images
 from fedwsa.clients.node import NodeData
 from fedwsa.clients.per_client_conv import with_per_client_convs
@@ -314,11 +314,10 @@ class BatchedTrainer:
     def _chunk_inputs(self, rnd: _Round, chunk: list[int]) -> _ChunkInputs:
         """The chunk's rows of the per-client inputs (and, for clients of several runs, of
         their global models and shared inputs), on the device."""
-        rows = [rnd.row[c] for c in chunk]
+        rows, dev = [rnd.row[c] for c in chunk], self.data.device
 
         def pick(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {k: v[torch.tensor(rows, device=v.device)].to(self.data.device)
-                    for k, v in arrays.items()}
+            return take_rows(arrays, rows, dev)
 
         own = term_inputs(self.terms, pick(rnd.per_client), self.data.device)
         task = rnd.task
@@ -357,6 +356,7 @@ class BatchedTrainer:
                       for n, v in inputs.global_params.items()}
         bufs = {n: torch.zeros_like(v) for n, v in params.items()}
         ce_sum = torch.zeros(K, T, device=dev)  # per client and step: CE summed over the batch
+        now, h, last_k = inputs, {}, -1
         for t, k in enumerate(layout.active):
             idx = layout.indices[:k, t]
             x = load_images(
@@ -366,7 +366,11 @@ class BatchedTrainer:
             )
             current = {n: params[n][:k] for n in names}  # views: updated in place below
             active = list(current.values())
-            now = inputs.first(k)
+            if k != last_k:  # the active prefix only shrinks: slice the inputs when it does
+                now, last_k = inputs.first(k), k
+                h = {} if now.hyper is None else {
+                    n: [v.view(-1, *[1] * (p.dim() - 1)) for p in active]
+                    for n, v in now.hyper.items()}
             extra = (now.global_params, now.shared, now.own) if self._loss_terms else ()
             grads, ce = grad_fn(current, x, layout.labels[:k, t], layout.sample_weight[:k, t],
                                 *extra)
@@ -379,7 +383,7 @@ class BatchedTrainer:
                                       now.own[term.name])
                 g = [grads[n] for n in names]
                 buf = [bufs[n][:k] for n in names]
-                if now.hyper is None:
+                if not h:
                     if s.weight_decay:
                         torch._foreach_add_(g, active, alpha=s.weight_decay)
                     torch._foreach_mul_(buf, s.momentum)
@@ -388,8 +392,6 @@ class BatchedTrainer:
                 else:  # each client's own lr, momentum and weight decay, as tensors
                     # (addcmul with a tensor factor rounds as add with a scalar alpha does:
                     # the same bits as the scalar step on this CPU)
-                    h = {n: [v.view(-1, *[1] * (p.dim() - 1)) for p in active]
-                         for n, v in now.hyper.items()}
                     torch._foreach_addcmul_(g, active, h["weight-decay"])
                     torch._foreach_mul_(buf, h["momentum"])
                     torch._foreach_add_(buf, g)

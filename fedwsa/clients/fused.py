@@ -30,6 +30,7 @@ from fedwsa.clients.node import NodeData, node_data
 from fedwsa.clients.trainer import CohortTask, LocalSettings
 from fedwsa.clients.trainers import build_trainer
 from fedwsa.config import Config
+from fedwsa.data import train_set_key
 from fedwsa.protocol import TrainReply, TrainRequest
 
 
@@ -45,9 +46,8 @@ def fuse_key(config: Config, request: TrainRequest) -> tuple | None:
                        lr=config.lr if uses_lr else 0.0, momentum=0.0, weight_decay=0.0)
     return (settings, tuple((t.name, t.fuse_key()) for t in terms), tuple(sorted(request.shared)),
             tuple(sorted(request.per_client)),
-            # The synthetic set is drawn from the seed: its runs of other seeds have other images.
-            config.seed if config.dataset == "synthetic" else None, config.model,
-            config.dataset, config.data_root, config.device, config.normalize,
+            train_set_key(config.dataset, config.data_root, config.seed), config.model,
+            config.device, config.normalize,
             config.crop_padding, config.precision, config.max_batched_clients,
             request.server_round)
 
@@ -59,7 +59,6 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
     first = datas[0]
     partitions: list[torch.Tensor] = []
     streams: list[tuple[int, int]] = []
-    ids: list[int] = []
     owner: list[tuple[int, int]] = []  # virtual id -> (run, client id)
     starts: dict[str, list[torch.Tensor]] = {n: [] for n in runs[0][0].global_params}
     shared: dict[str, list[torch.Tensor]] = {n: [] for n in runs[0][0].shared}
@@ -68,7 +67,6 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
         if data.images is not first.images or not torch.equal(data.mean, first.mean):
             raise ValueError("runs fused on a node must share the train set and its pixels")
         for k, cid in enumerate(request.client_ids):
-            ids.append(len(partitions))
             owner.append((r, cid))
             partitions.append(data.partitions[cid])
             streams.append((config.seed, cid))
@@ -92,7 +90,7 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
         hyper = {name: torch.tensor([v[i] for v in per_client], dtype=torch.float32)
                  for i, name in enumerate(("neg-lr", "momentum", "weight-decay"))}
         hyper["neg-lr"] = -hyper["neg-lr"]
-    task = CohortTask(request0.server_round, ids, request0.global_params,
+    task = CohortTask(request0.server_round, list(range(len(owner))), request0.global_params,
                       ClientInputs(per_client=stacked(own)), start_params=stacked(starts),
                       shared_rows=stacked(shared), hyper_rows=hyper)
     result = trainer.train(task).finite_only()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fedwsa.config import Config
-from fedwsa.data import load_dataset, pixel_stats
+from fedwsa.data import load_dataset, pixel_stats, train_set_key
 from fedwsa.device import resolve_device
 from fedwsa.partitions import partition_labels
 
@@ -55,7 +55,6 @@ def client_partitions(config: Config, labels: np.ndarray) -> list[np.ndarray]:
 # the node's copy of the train set: the images on the device are kept per dataset (two at most:
 # each is a whole train set on the device), and each run's partition (small: indices) per the
 # keys that decide it. Runs that differ in other keys (lr, say) share both.
-_IMAGE_KEYS = ("dataset", "data_root", "device")
 _PARTITION_KEYS = ("seed", "partition", "alpha", "classes_per_client", "min_partition_size",
                    "num_clients", "normalize", "crop_padding")
 _CACHE: dict[tuple, dict[tuple, NodeData]] = {}
@@ -63,9 +62,7 @@ _CACHE: dict[tuple, dict[tuple, NodeData]] = {}
 
 def node_data(config: Config) -> NodeData:
     """The cached ``NodeData`` for the data, partition and device keys of ``config``."""
-    # The synthetic set is drawn from the seed, so its images differ per seed.
-    image_key = (*(getattr(config, k) for k in _IMAGE_KEYS),
-                 config.seed if config.dataset == "synthetic" else None)
+    image_key = (*train_set_key(config.dataset, config.data_root, config.seed), config.device)
     if image_key not in _CACHE:
         if len(_CACHE) >= 2:
             _CACHE.pop(next(iter(_CACHE)))

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fedwsa.algorithms.base import ClientInputs, ClientTerm, own_arrays
+from fedwsa.algorithms.base import ClientInputs, ClientTerm, own_arrays, take_rows
 from fedwsa.config import Config
 from fedwsa.protocol import TrainReply
 
@@ -64,9 +64,7 @@ class CohortTask:
         rows = [pos[c] for c in client_ids]
 
         def pick(arrays: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-            return None if arrays is None else {
-                n: v[torch.tensor(rows, dtype=torch.long, device=v.device)]
-                for n, v in arrays.items()}
+            return None if arrays is None else take_rows(arrays, rows)
 
         return CohortTask(self.server_round, list(client_ids), self.global_params,
                           self.inputs.rows(rows), pick(self.start_params),

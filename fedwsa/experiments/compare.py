@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedwsa.config import HARMLESS_KEYS, KEYS_BY_NAME, Config, ConfigError, make_config
+from fedwsa.data import train_set_key
 from fedwsa.results.files import (
     GRID_FILE,
     format_value,
@@ -588,8 +589,7 @@ def stack_groups(todo: Sequence[tuple[Cell, Config]]) -> list[list[tuple[Cell, C
     order."""
     groups: dict[tuple[str, str, int | None], list[tuple[Cell, Config]]] = {}
     for cell, config in todo:
-        key = (config.dataset, config.data_root,
-               config.seed if config.dataset == "synthetic" else None)
+        key = train_set_key(config.dataset, config.data_root, config.seed)
         groups.setdefault(key, []).append((cell, config))
     return list(groups.values())
 

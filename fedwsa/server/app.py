@@ -106,7 +106,7 @@ class CellRun:
         self.mean, self.std = (t.to(device) for t in pixel_stats(data, config.normalize))
         self.params = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         self.first_round = 1
-        self.error: str | None = None
+        self.failure: Exception | None = None  # set aside by run_cells
         if ckpt is not None:
             self.params = {k: v.to(device) for k, v in ckpt.params.items()}
             self.strategy.load_state_dict(ckpt.strategy)
@@ -117,7 +117,6 @@ class CellRun:
         self.writer = RunWriter(self.run_path, config,
                                 rows=None if ckpt is None else ckpt.metrics)
         self.arrays = to_arrays(self.params)
-        self.resumed = ckpt is not None
         self._rng = capture_rng()  # each run keeps its own global RNG stream (own_rng)
         log(INFO, "[fedwsa] run directory: %s", self.run_path.resolve())
 
@@ -135,14 +134,19 @@ class CellRun:
     def last_round(self) -> int:
         return self.config.num_server_rounds
 
+    @property
+    def error(self) -> str | None:
+        """Why the run was set aside, or None."""
+        return None if self.failure is None else f"{type(self.failure).__name__}: {self.failure}"
+
     def active(self, server_round: int) -> bool:
-        return self.error is None and self.first_round <= server_round <= self.last_round
+        return self.failure is None and self.first_round <= server_round <= self.last_round
 
     def start(self) -> None:
         """Evaluate the initial model (a new run's round 0); finish a resumed run whose last
         round was checkpointed before it could write its result."""
         with self.own_rng():
-            if not self.resumed:
+            if self.first_round == 1:  # not resumed: a checkpoint holds round 1 at least
                 self.evaluate_round(0, {})
             if self.first_round > self.last_round:
                 self.finish()
@@ -217,6 +221,8 @@ def run_cells(grid: Grid, runs: list[CellRun]) -> None:
     first = min((run.first_round for run in runs), default=1)
     for server_round in range(first, last + 1):
         active = [run for run in runs if run.active(server_round)]
+        if not active:
+            continue
         per_node: dict[int, dict[str, RecordDict]] = {}
         for run in active:
             for msg in _guarded(run, functools.partial(run.requests, server_round, grid)) or []:
@@ -235,20 +241,17 @@ def run_cells(grid: Grid, runs: list[CellRun]) -> None:
                 answers[tag].append(NodeAnswer(node, None if error else content, error))
         for run in active:
             mine = answers.pop(run.tag)  # released as soon as the run has aggregated them
-            if run.error is None:
+            if run.failure is None:
                 _guarded(run, functools.partial(run.finish_round, server_round, mine))
 
 
 def _guarded(run: CellRun, step: Callable[[], Any]) -> Any:
-    """``step()``; an exception sets the run aside (``run.error``) instead of ending the
-    federation, unless it is the federation's only run (then it propagates, as it always has
-    for ``fedwsa run``)."""
+    """``step()``; an exception sets the run aside (``run.failure``) instead of ending the
+    federation for the other runs."""
     try:
         return step()
     except Exception as err:
-        if run.tag == "run":
-            raise
-        run.error = f"{type(err).__name__}: {err}"
+        run.failure = err
         log(WARNING, "[fedwsa] %s failed and is set aside: %s", run.tag, run.error)
         return None
 
@@ -261,6 +264,8 @@ def run_federation(grid: Grid, config: Config) -> Path:
     """
     run = CellRun(config)
     run_cells(grid, [run])
+    if run.failure is not None:  # alone in its federation: its failure is the run's
+        raise run.failure
     return run.run_path
 
 
@@ -280,7 +285,8 @@ def run_configs(grid: Grid, configs: list[Config],
         run_cells(grid, runs)
     except Exception as err:  # the federation itself failed: every unfinished run says why
         for run in runs:
-            run.error = run.error or f"the federation failed: {type(err).__name__}: {err}"
+            run.failure = run.failure or RuntimeError(
+                f"the federation failed: {type(err).__name__}: {err}")
         raise
     finally:
         outcome.update({str(run.config.run_dir): run.error for run in runs})
