@@ -27,7 +27,7 @@ from fedwsa.keys import (
     number,
 )
 from fedwsa.models import MODELS
-from fedwsa.partitions import PARTITIONS
+from fedwsa.partitions import NIID_BENCH_PARTITIONS, PARTITION_RNGS, PARTITIONS
 
 __all__ = ["AUTO", "DATASETS", "FUSION_RULES", "HARMLESS_KEYS", "KEYS", "RESUMABLE_KEYS",
            "STRATEGIES", "SVD_METHODS", "Config", "ConfigError", "Key", "make_config",
@@ -45,6 +45,10 @@ KEYS: tuple[Key, ...] = (
          "'' = ~/.cache/fedwsa/<dataset>, downloaded when missing."),
     key("partition", "dirichlet", choice(*PARTITIONS),
          "How the train set is split over clients."),
+    key("partition-rng", "generator", choice(*PARTITION_RNGS),
+        "Partition draws: generator (numpy Generator) or niid-bench (NIID-Bench's np.random "
+        "calls in its order: its exact client sets for --init_seed=seed; dirichlet, iid, "
+        "quantity)."),
     key("alpha", 0.5, number(0.0, lo_open=True),
          "Dirichlet concentration (label skew for dirichlet, size skew for quantity)."),
     key("classes-per-client", 2, integer(1), "Classes per client for the shards partition."),
@@ -126,6 +130,7 @@ class Config:
     dataset: str
     data_root: str
     partition: str
+    partition_rng: str
     alpha: float
     classes_per_client: int
     min_partition_size: int
@@ -240,6 +245,11 @@ def make_config(values: Mapping[str, Any] | None = None) -> Config:
 
 def _check_consistency(c: Config) -> None:
     """Checks that involve more than one key."""
+    if c.partition_rng == "niid-bench" and c.partition not in NIID_BENCH_PARTITIONS:
+        raise ConfigError("partition-rng", c.partition_rng,
+                          f"'generator' with partition={c.partition!r}, or 'niid-bench' with "
+                          f"partition among {', '.join(NIID_BENCH_PARTITIONS)} (the splits "
+                          f"NIID-Bench has)")
     if c.partition == "shards" and c.dataset != "synthetic":
         num_classes = 100 if c.dataset == "cifar100" else 10
         if c.classes_per_client > num_classes:

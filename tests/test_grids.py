@@ -12,8 +12,8 @@ from fedwsa.config import STRATEGIES, make_config
 from fedwsa.experiments.compare import build_spec, expand, read_grid_file
 
 GRIDS = Path(__file__).resolve().parents[1] / "grids"
-NIID_BENCH = {"dataset": "cifar10", "partition": "dirichlet", "alpha": 0.5,
-              "min-partition-size": 10, "model": "simple-cnn", "local-epochs": 10,
+NIID_BENCH = {"dataset": "cifar10", "partition": "dirichlet", "partition-rng": "niid-bench",
+              "alpha": 0.5, "min-partition-size": 10, "model": "simple-cnn", "local-epochs": 10,
               "batch-size": 64, "lr": 0.01, "momentum": 0.9, "weight-decay": 1e-5,
               "normalize": False, "augment": True, "crop-padding": "reflect", "prox-mu": 0.01}
 

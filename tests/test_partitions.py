@@ -221,3 +221,104 @@ def test_heatmap_png(labels: np.ndarray, tmp_path: Path, num_clients: int) -> No
     assert ax.get_title() == "dirichlet, alpha=0.3"
     assert len(fig.axes) == 2  # The colour bar.
     assert len(ax.texts) == (counts.size if num_clients == 6 else 0)
+
+
+# --------------------------------------------------------------------------------------------
+# partition-rng='niid-bench': NIID-Bench's own code is the reference
+# --------------------------------------------------------------------------------------------
+
+
+def _niid_bench_partition_data(
+    y_train: np.ndarray, partition: str, n_parties: int, beta: float, init_seed: int
+) -> dict[int, list[int]]:
+    """NIID-Bench's ``utils.partition_data`` (commit 61b901a), its three splits fedwsa has,
+    transcribed line for line (``strict=True`` added to its zips), seeded as ``experiments.py``
+    seeds it (global ``np.random``)."""
+    np.random.seed(init_seed)
+    n_train = y_train.shape[0]
+    if partition == "homo":
+        idxs = np.random.permutation(n_train)
+        batch_idxs = np.array_split(idxs, n_parties)
+        net_dataidx_map = {i: batch_idxs[i] for i in range(n_parties)}
+    elif partition == "noniid-labeldir":
+        min_size = 0
+        min_require_size = 10
+        K = 10
+        N = y_train.shape[0]
+        net_dataidx_map = {}
+        while min_size < min_require_size:
+            idx_batch = [[] for _ in range(n_parties)]
+            for k in range(K):
+                idx_k = np.where(y_train == k)[0]
+                np.random.shuffle(idx_k)
+                proportions = np.random.dirichlet(np.repeat(beta, n_parties))
+                proportions = np.array([
+                    p * (len(idx_j) < N / n_parties)
+                    for p, idx_j in zip(proportions, idx_batch, strict=True)
+                ])
+                proportions = proportions / proportions.sum()
+                proportions = (np.cumsum(proportions) * len(idx_k)).astype(int)[:-1]
+                idx_batch = [
+                    idx_j + idx.tolist()
+                    for idx_j, idx in zip(idx_batch, np.split(idx_k, proportions), strict=True)
+                ]
+                min_size = min([len(idx_j) for idx_j in idx_batch])
+        for j in range(n_parties):
+            np.random.shuffle(idx_batch[j])
+            net_dataidx_map[j] = idx_batch[j]
+    elif partition == "iid-diff-quantity":
+        idxs = np.random.permutation(n_train)
+        min_size = 0
+        while min_size < 10:
+            proportions = np.random.dirichlet(np.repeat(beta, n_parties))
+            proportions = proportions / proportions.sum()
+            min_size = np.min(proportions * len(idxs))
+        proportions = (np.cumsum(proportions) * len(idxs)).astype(int)[:-1]
+        batch_idxs = np.split(idxs, proportions)
+        net_dataidx_map = {i: batch_idxs[i] for i in range(n_parties)}
+    return {j: list(v) for j, v in net_dataidx_map.items()}
+
+
+@pytest.mark.parametrize(
+    ("method", "name", "num_clients", "alpha", "seed"),
+    [
+        ("dirichlet", "noniid-labeldir", 10, 0.5, 0),  # NIID-Bench's 10-client setting
+        ("dirichlet", "noniid-labeldir", 10, 0.5, 2),
+        ("dirichlet", "noniid-labeldir", 100, 0.1, 1),  # resamples several times
+        ("dirichlet", "noniid-labeldir", 10, 0.1, 3),
+        ("iid", "homo", 10, 0.5, 0),
+        ("quantity", "iid-diff-quantity", 10, 0.5, 1),
+        ("quantity", "iid-diff-quantity", 100, 2.0, 0),
+        ("quantity", "iid-diff-quantity", 10, 0.1, 4),
+    ],
+)
+def test_niid_bench_rng_gives_niid_bench_client_sets(
+    method: str, name: str, num_clients: int, alpha: float, seed: int
+) -> None:
+    # CIFAR-10-sized labels in an unsorted order, as torchvision's train set is.
+    y = np.random.default_rng(7).permutation(np.repeat(np.arange(10), 5000))
+    state = np.random.get_state()
+    try:
+        expected = _niid_bench_partition_data(y, name, num_clients, alpha, seed)
+    finally:
+        np.random.set_state(state)
+    parts = partition_labels(y, num_clients, method, alpha=alpha, seed=seed, rng="niid-bench")
+    assert len(parts) == num_clients
+    for client, part in enumerate(parts):
+        assert np.array_equal(part, np.sort(np.asarray(expected[client], dtype=np.int64)))
+    if method != "iid":  # and it is not the generator's split
+        other = partition_labels(y, num_clients, method, alpha=alpha, seed=seed)
+        assert any(not np.array_equal(a, b) for a, b in zip(parts, other, strict=True))
+
+
+def test_niid_bench_rng_refuses_a_split_niid_bench_lacks(labels: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="partition-rng='niid-bench' with partition='shards'"):
+        partition_labels(labels, 10, "shards", rng="niid-bench")
+    with pytest.raises(ValueError, match="partition-rng='numpy' is not known"):
+        partition_labels(labels, 10, "iid", rng="numpy")
+
+
+def test_niid_bench_rng_leaves_the_global_numpy_state_alone(labels: np.ndarray) -> None:
+    before = np.random.get_state()[1].copy()
+    partition_labels(labels, 10, "dirichlet", rng="niid-bench")
+    assert np.array_equal(np.random.get_state()[1], before)

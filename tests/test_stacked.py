@@ -69,10 +69,15 @@ def test_stacked_grid_equals_running_the_cells_one_by_one(
 
     Each strategy's two lr runs of a seed train in one batched call per node and round, with
     each client's lr as a tensor in the step: float tolerance (local SGD can amplify rounding
-    over its steps; bits are not promised across CPUs)."""
+    over its steps; bits are not promised across CPUs). Central evaluation stacks every
+    cell's global model in one pass, as on a GPU (the synthetic set is drawn from the seed:
+    one pass per seed)."""
     calls = count_fused_calls(monkeypatch)
+    passes = count_evaluation_passes(monkeypatch, per_pass=16)
     stacked, single = run_both(tmp_path, STRATEGIES, [0, 1], {"lr": [0.01, 0.02]})
     assert calls == [2] * 2 * 2 * 4  # 2 rounds x 2 nodes x (2 strategies x 2 seeds)
+    assert passes[:6] == [4] * 6  # rounds 0, 1, 2 x 2 seeds, stacked; then one by one
+    assert passes[6:] == [1] * 8 * 3
     cells = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
     assert len(cells) == 8
     for name in cells:
@@ -119,6 +124,51 @@ def test_cells_that_train_alike_share_one_batched_call_and_equal_one_by_one(
     assert len({rows(stacked / n)[-1]["test-accuracy"] for n in names}) > 6
 
 
+def count_evaluation_passes(monkeypatch: pytest.MonkeyPatch, per_pass: int) -> list[int]:
+    """Models per central-evaluation pass, with up to ``per_pass`` stacked in one."""
+    import fedwsa.server.evaluation as evaluation
+
+    passes: list[int] = []
+    real = evaluation._evaluate_stack
+
+    def counting(model, params, *args):  # type: ignore[no-untyped-def]
+        passes.append(len(params))
+        return real(model, params, *args)
+
+    monkeypatch.setattr(evaluation, "models_per_pass", lambda device: per_pass)
+    monkeypatch.setattr(evaluation, "_evaluate_stack", counting)
+    return passes
+
+
+def test_a_cell_whose_evaluation_fails_is_set_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
+    """A stacked evaluation pass that raises is redone run by run: only the run whose own
+    evaluation fails is set aside, the others keep every row."""
+    import fedwsa.server.app as server_app
+    import fedwsa.server.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "models_per_pass", lambda device: 16)
+    real = server_app.CellRun.evaluate
+
+    def broken_for_lr_0_05(self):  # type: ignore[no-untyped-def]
+        if self.config.lr == 0.05 and self.writer.rows:
+            raise RuntimeError("evaluation failed")
+        return real(self)
+
+    def stacked_pass_fails(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(server_app.CellRun, "evaluate", broken_for_lr_0_05)
+    monkeypatch.setattr(server_app, "evaluate_many", stacked_pass_fails)
+    spec = build_spec(["fedavg"], [0], {"lr": [0.01, 0.05]}, {**BASE, "num-server-rounds": 2})
+    result = run_grid(spec, tmp_path / "exp", progress="off",
+                      simulate_cells=lambda cs, n, g: run_cells_in_process(cs, num_nodes=n))
+    assert [(c.path.name, why) for c, why in result.failed] == [
+        ("fedavg_lr=0.05_seed=0", "RuntimeError: evaluation failed")]
+    assert [r["round"] for r in rows(tmp_path / "exp" / "fedavg_lr=0.01_seed=0")] == [0, 1, 2]
+    assert [r["round"] for r in rows(tmp_path / "exp" / "fedavg_lr=0.05_seed=0")] == [0]
+
+
 def test_runs_fuse_only_when_their_clients_train_alike() -> None:
     from fedwsa.clients.fused import fuse_key
     from fedwsa.config import make_config
@@ -161,14 +211,14 @@ def test_a_cell_whose_server_side_fails_is_set_aside(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
     import fedwsa.server.app as server_app
 
-    real = server_app.CellRun.finish_round
+    real = server_app.CellRun.close_round
 
-    def breaks_for_lr_0_05(self, server_round, answers):
+    def breaks_for_lr_0_05(self, server_round, metrics, evaluation):  # type: ignore[no-untyped-def]
         if self.config.lr == 0.05 and server_round == 2:
             raise RuntimeError("disk full")
-        return real(self, server_round, answers)
+        return real(self, server_round, metrics, evaluation)
 
-    monkeypatch.setattr(server_app.CellRun, "finish_round", breaks_for_lr_0_05)
+    monkeypatch.setattr(server_app.CellRun, "close_round", breaks_for_lr_0_05)
     spec = build_spec(["fedavg"], [0], {"lr": [0.01, 0.05]}, {**BASE, "num-server-rounds": 3})
     result = run_grid(spec, tmp_path / "exp", progress="off",
                       simulate_cells=lambda cs, n, g: run_cells_in_process(cs, num_nodes=n))

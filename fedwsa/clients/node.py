@@ -48,6 +48,7 @@ def client_partitions(config: Config, labels: np.ndarray) -> list[np.ndarray]:
         labels, config.num_clients, config.partition, alpha=config.alpha,
         classes_per_client=config.classes_per_client,
         min_partition_size=config.min_partition_size, seed=config.seed,
+        rng=config.partition_rng,
     )
 
 
@@ -55,8 +56,8 @@ def client_partitions(config: Config, labels: np.ndarray) -> list[np.ndarray]:
 # the node's copy of the train set: the images on the device are kept per dataset (two at most:
 # each is a whole train set on the device), and each run's partition (small: indices) per the
 # keys that decide it. Runs that differ in other keys (lr, say) share both.
-_PARTITION_KEYS = ("seed", "partition", "alpha", "classes_per_client", "min_partition_size",
-                   "num_clients", "normalize", "crop_padding")
+_PARTITION_KEYS = ("seed", "partition", "partition_rng", "alpha", "classes_per_client",
+                   "min_partition_size", "num_clients", "normalize", "crop_padding")
 _CACHE: dict[tuple, dict[tuple, NodeData]] = {}
 
 

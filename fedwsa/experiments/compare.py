@@ -443,8 +443,8 @@ def check_cells(plan: Plan) -> None:
         config = cell_config(cell, action)
         check_keys(config)
         c = config
-        data_key = (c.dataset, c.data_root, c.seed, c.partition, c.alpha, c.classes_per_client,
-                    c.min_partition_size, c.num_clients)  # fmt: skip
+        data_key = (c.dataset, c.data_root, c.seed, c.partition, c.partition_rng, c.alpha,
+                    c.classes_per_client, c.min_partition_size, c.num_clients)  # fmt: skip
         if data_key not in classes:
             classes[data_key] = check_data(config)
         model_key = config.replace(seed=0, run_dir="", resume=False).to_json()

@@ -3,7 +3,13 @@
 Pure numpy (plus matplotlib for the heat map): no models, clients or Flower.
 """
 
-from fedwsa.partitions.methods import MAX_SAMPLING_TRIES, PARTITIONS, partition_labels
+from fedwsa.partitions.methods import (
+    MAX_SAMPLING_TRIES,
+    NIID_BENCH_PARTITIONS,
+    PARTITION_RNGS,
+    PARTITIONS,
+    partition_labels,
+)
 from fedwsa.partitions.stats import (
     class_counts,
     format_summary,
@@ -13,7 +19,9 @@ from fedwsa.partitions.stats import (
 
 __all__ = [
     "MAX_SAMPLING_TRIES",
+    "NIID_BENCH_PARTITIONS",
     "PARTITIONS",
+    "PARTITION_RNGS",
     "class_counts",
     "format_summary",
     "partition_summary",

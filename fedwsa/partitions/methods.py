@@ -25,9 +25,21 @@ from numbers import Integral, Real
 
 import numpy as np
 
-__all__ = ["MAX_SAMPLING_TRIES", "PARTITIONS", "partition_labels"]
+__all__ = ["MAX_SAMPLING_TRIES", "NIID_BENCH_PARTITIONS", "PARTITIONS", "PARTITION_RNGS",
+           "partition_labels"]
 
 PARTITIONS: tuple[str, ...] = ("dirichlet", "iid", "shards", "quantity")
+
+PARTITION_RNGS: tuple[str, ...] = ("generator", "niid-bench")
+"""How the random draws are made: ``generator`` (numpy's ``Generator``, fedwsa's own order of
+draws) or ``niid-bench`` (NIID-Bench's legacy global ``np.random`` calls, draw for draw)."""
+
+NIID_BENCH_PARTITIONS: dict[str, str] = {
+    "dirichlet": "noniid-labeldir",
+    "iid": "homo",
+    "quantity": "iid-diff-quantity",
+}
+"""fedwsa's partitions that NIID-Bench has too, with NIID-Bench's names for them."""
 
 MAX_SAMPLING_TRIES = 1000
 """Resamplings allowed to reach ``min_partition_size`` (NIID-Bench loops forever)."""
@@ -42,6 +54,7 @@ def partition_labels(
     classes_per_client: int = 2,
     min_partition_size: int = 10,
     seed: int = 0,
+    rng: str = "generator",
 ) -> list[np.ndarray]:
     """Split the examples of ``labels`` over ``num_clients`` clients.
 
@@ -58,20 +71,32 @@ def partition_labels(
     - ``quantity``: quantity skew, NIID-Bench's "iid-diff-quantity": client sizes drawn from
       Dirichlet(``alpha``) (resampled until all reach ``min_partition_size``), labels IID.
 
+    ``rng="niid-bench"`` makes the draws of NIID-Bench's ``utils.partition_data`` in its order
+    from ``np.random.RandomState(seed)``, which is what ``experiments.py --init_seed=seed``
+    seeds: the same labels in the same order (torchvision's CIFAR-10) then give NIID-Bench's
+    very client index sets (``NIID_BENCH_PARTITIONS`` names the methods it has). It keeps
+    NIID-Bench's quirks: per-class shuffles redrawn on every resampling, and its
+    ``iid-diff-quantity`` size check on the unrounded shares.
+
     Raises ``ValueError`` naming the offending key (kebab-case, as in the run config).
     """
     y = _check_labels(labels)
     n = len(y)
     _check_args(n, num_clients, method, alpha, classes_per_client, min_partition_size)
-    rng = np.random.default_rng(seed)
+    _check_rng(rng, method)
+    legacy = rng == "niid-bench"
+    draws = np.random.RandomState(seed) if legacy else np.random.default_rng(seed)
     if method == "iid":
-        parts = np.array_split(rng.permutation(n), num_clients)
+        parts = np.array_split(draws.permutation(n), num_clients)
+    elif method == "dirichlet" and legacy:
+        parts = _dirichlet_niid_bench(y, num_clients, float(alpha), min_partition_size, draws)
     elif method == "dirichlet":
-        parts = _dirichlet(y, num_clients, float(alpha), min_partition_size, rng)
+        parts = _dirichlet(y, num_clients, float(alpha), min_partition_size, draws)
     elif method == "quantity":
-        parts = _quantity(n, num_clients, float(alpha), min_partition_size, rng)
+        parts = _quantity(n, num_clients, float(alpha), min_partition_size, draws,
+                          niid_bench=legacy)
     else:
-        parts = _shards(y, num_clients, classes_per_client, rng)
+        parts = _shards(y, num_clients, classes_per_client, draws)
     return [np.sort(np.asarray(part, dtype=np.int64)) for part in parts]
 
 
@@ -130,6 +155,19 @@ def _check_args(
         )
 
 
+def _check_rng(rng: str, method: str) -> None:
+    if rng not in PARTITION_RNGS:
+        raise ValueError(
+            f"partition-rng={rng!r} is not known; accepted: {', '.join(PARTITION_RNGS)}"
+        )
+    if rng == "niid-bench" and method not in NIID_BENCH_PARTITIONS:
+        raise ValueError(
+            f"partition-rng='niid-bench' with partition={method!r}: NIID-Bench has no such "
+            f"split; accepted: partition-rng='generator', or partition among "
+            f"{', '.join(NIID_BENCH_PARTITIONS)}"
+        )
+
+
 def _dirichlet(
     y: np.ndarray, num_clients: int, alpha: float, min_size: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
@@ -158,11 +196,7 @@ def _dirichlet(
         if sizes.min() >= min_size:
             break
     else:
-        raise ValueError(
-            f"could not give every client min-partition-size={min_size} examples with "
-            f"alpha={alpha} and num-clients={num_clients} in {MAX_SAMPLING_TRIES} Dirichlet "
-            f"draws; lower min-partition-size or num-clients, or raise alpha"
-        )
+        raise _unreachable_min_size(min_size, alpha, num_clients)
     chunks: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
     for members, cuts in zip(by_class, cuts_per_class, strict=True):
         pieces = np.split(rng.permutation(members), cuts)
@@ -171,25 +205,71 @@ def _dirichlet(
     return [np.concatenate(pieces) for pieces in chunks]
 
 
-def _quantity(
-    n: int, num_clients: int, alpha: float, min_size: int, rng: np.random.Generator
+def _dirichlet_niid_bench(
+    y: np.ndarray, num_clients: int, alpha: float, min_size: int, rng: np.random.RandomState
 ) -> list[np.ndarray]:
-    """NIID-Bench's "iid-diff-quantity": Dirichlet sizes, IID labels, bounded resampling.
+    """NIID-Bench's "noniid-labeldir" with its draws in its order (``utils.partition_data``).
 
-    NIID-Bench checks ``min(proportions * N)`` before rounding; here the integer sizes are
-    checked, so the minimum really holds.
+    Written apart from ``_dirichlet`` because the order of draws is the point: every attempt
+    shuffles each class again before its Dirichlet draw, as NIID-Bench does. Its classes are
+    ``0..max(label)``; its endless resampling is bounded here.
     """
-    order = rng.permutation(n)
+    n = len(y)
     concentration = np.full(num_clients, alpha)
     for _ in range(MAX_SAMPLING_TRIES):
-        cuts = (np.cumsum(rng.dirichlet(concentration)) * n).astype(np.int64)[:-1]
-        if np.diff(cuts, prepend=0, append=n).min() >= min_size:
-            return np.split(order, cuts)
-    raise ValueError(
+        sizes = np.zeros(num_clients, dtype=np.int64)
+        chunks: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for k in range(int(y.max()) + 1):
+            members = np.flatnonzero(y == k)
+            rng.shuffle(members)
+            proportions = rng.dirichlet(concentration) * (sizes < n / num_clients)
+            total = proportions.sum()
+            if total == 0:  # every open share underflowed (NIID-Bench would divide by 0)
+                proportions, total = (sizes < n / num_clients).astype(float), 1.0
+            cuts = (np.cumsum(proportions / total) * len(members)).astype(np.int64)[:-1]
+            for client, piece in enumerate(np.split(members, cuts)):
+                chunks[client].append(piece)
+                sizes[client] += len(piece)
+        if sizes.min() >= min_size:
+            return [np.concatenate(pieces) for pieces in chunks]
+    raise _unreachable_min_size(min_size, alpha, num_clients)
+
+
+def _unreachable_min_size(min_size: int, alpha: float, num_clients: int) -> ValueError:
+    return ValueError(
         f"could not give every client min-partition-size={min_size} examples with "
         f"alpha={alpha} and num-clients={num_clients} in {MAX_SAMPLING_TRIES} Dirichlet "
         f"draws; lower min-partition-size or num-clients, or raise alpha"
     )
+
+
+def _quantity(
+    n: int,
+    num_clients: int,
+    alpha: float,
+    min_size: int,
+    rng: np.random.Generator | np.random.RandomState,
+    *,
+    niid_bench: bool = False,
+) -> list[np.ndarray]:
+    """NIID-Bench's "iid-diff-quantity": Dirichlet sizes, IID labels, bounded resampling.
+
+    NIID-Bench renormalises the draw and checks ``min(proportions * N)`` before rounding
+    (``niid_bench``, kept for its exact splits); by default the integer sizes are checked, so
+    the minimum really holds.
+    """
+    order = rng.permutation(n)
+    concentration = np.full(num_clients, alpha)
+    for _ in range(MAX_SAMPLING_TRIES):
+        proportions = rng.dirichlet(concentration)
+        if niid_bench:
+            proportions = proportions / proportions.sum()
+        cuts = (np.cumsum(proportions) * n).astype(np.int64)[:-1]
+        sizes = proportions * n if niid_bench else np.diff(cuts, prepend=0, append=n)
+        smallest = sizes.min()
+        if smallest >= min_size:
+            return np.split(order, cuts)
+    raise _unreachable_min_size(min_size, alpha, num_clients)
 
 
 def _shards(

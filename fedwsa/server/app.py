@@ -20,7 +20,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedwsa.config import Config, make_config
-from fedwsa.data import load_dataset, pixel_stats
+from fedwsa.data import load_dataset, pixel_stats, train_set_key
 from fedwsa.device import resolve_device
 from fedwsa.models import build_model, check_functional
 from fedwsa.protocol import NodeAnswer, bundle, error_of, from_arrays, to_arrays, unbundle
@@ -32,9 +32,11 @@ from fedwsa.server.checkpoint import (
     save_checkpoint,
     seed_global_rngs,
 )
-from fedwsa.server.evaluation import evaluate
+from fedwsa.server.evaluation import evaluate, evaluate_many
 from fedwsa.server.preflight import preflight
 from fedwsa.strategies import build_strategy
+
+Evaluation = tuple[float, float]  # a global model's central (test loss, test accuracy)
 
 NODE_WAIT_S = 600.0
 POLL_MAX_S = 0.05
@@ -142,12 +144,18 @@ class CellRun:
     def active(self, server_round: int) -> bool:
         return self.failure is None and self.first_round <= server_round <= self.last_round
 
-    def start(self) -> None:
-        """Evaluate the initial model (a new run's round 0); finish a resumed run whose last
-        round was checkpointed before it could write its result."""
+    @property
+    def needs_round_zero(self) -> bool:
+        """A new run evaluates its initial model as round 0 (a checkpoint holds round 1 at
+        least, so a resumed run has it)."""
+        return self.first_round == 1
+
+    def start(self, evaluation: Evaluation | None) -> None:
+        """Record the initial model's ``evaluation`` (a new run's round 0); finish a resumed run
+        whose last round was checkpointed before it could write its result."""
         with self.own_rng():
-            if self.first_round == 1:  # not resumed: a checkpoint holds round 1 at least
-                self.evaluate_round(0, {})
+            if evaluation is not None:
+                self.record_round(0, {}, evaluation)
             if self.first_round > self.last_round:
                 self.finish()
 
@@ -155,9 +163,24 @@ class CellRun:
         self.writer.save_model(self.params)
         self.writer.finish(self.last_round, time.monotonic() - self.t0)
 
-    def evaluate_round(self, server_round: int, round_metrics: dict[str, float]) -> None:
-        loss, acc = evaluate(self.model, self.params, self.x_test, self.y_test, self.mean,
-                             self.std)
+    @property
+    def eval_group(self) -> tuple[Any, ...]:
+        """Runs with equal groups evaluate the same architecture on the same test images with
+        the same pixel statistics, so their global models can be evaluated in one pass."""
+        c = self.config
+        return (c.model, *train_set_key(c.dataset, c.data_root, c.seed), c.normalize,
+                str(self.device))
+
+    def evaluate(self) -> Evaluation:
+        """The global model's central (test loss, test accuracy)."""
+        return evaluate(self.model, self.params, self.x_test, self.y_test, self.mean, self.std)
+
+    def evaluates(self, server_round: int) -> bool:
+        return server_round % self.config.eval_every == 0 or server_round == self.last_round
+
+    def record_round(self, server_round: int, round_metrics: dict[str, float],
+                     evaluation: Evaluation) -> None:
+        loss, acc = evaluation
         row: dict[str, object] = {
             "round": server_round,
             "elapsed-s": round(time.monotonic() - self.t0, 3),
@@ -179,20 +202,27 @@ class CellRun:
             return list(self.strategy.configure_train(server_round, self.arrays,
                                                       ConfigRecord(), grid))
 
-    def finish_round(self, server_round: int, answers: list[NodeAnswer]) -> None:
-        """Aggregate, evaluate and checkpoint one round from the nodes' answers."""
+    def aggregate(self, server_round: int, answers: list[NodeAnswer]) -> dict[str, float]:
+        """Update the global model from the nodes' answers; the round's metrics."""
         with self.own_rng():
-            self._finish_round(server_round, answers)
-
-    def _finish_round(self, server_round: int, answers: list[NodeAnswer]) -> None:
-        new_arrays, metrics = self.strategy.aggregate_answers(server_round, answers)
+            new_arrays, metrics = self.strategy.aggregate_answers(server_round, answers)
         if new_arrays is not None:
             self.arrays = new_arrays
             self.params = {k: v.to(self.device) for k, v in from_arrays(new_arrays).items()}
-        round_metrics = dict(metrics or {})
+        return dict(metrics or {})
+
+    def close_round(self, server_round: int, round_metrics: dict[str, float],
+                    evaluation: Evaluation | None) -> None:
+        """Record the round (with its ``evaluation`` when it was evaluated), checkpoint it and,
+        after the last round, write the run's result."""
+        with self.own_rng():
+            self._close_round(server_round, round_metrics, evaluation)
+
+    def _close_round(self, server_round: int, round_metrics: dict[str, float],
+                     evaluation: Evaluation | None) -> None:
         last = server_round == self.last_round
-        if server_round % self.config.eval_every == 0 or last:
-            self.evaluate_round(server_round, round_metrics)
+        if evaluation is not None:
+            self.record_round(server_round, round_metrics, evaluation)
         every = self.config.checkpoint_every
         if every and (server_round % every == 0 or last):
             save_checkpoint(self.run_path, Checkpoint(
@@ -215,8 +245,10 @@ def run_cells(grid: Grid, runs: list[CellRun]) -> None:
     """
     nodes = wait_for_nodes(grid)
     log(INFO, "[fedwsa] %d node(s) connected, %d run(s)", len(nodes), len(runs))
+    new = [run for run in runs if run.needs_round_zero]
+    initial = evaluate_runs(new)
     for run in runs:
-        _guarded(run, run.start)
+        _guarded(run, functools.partial(run.start, initial.get(id(run))))
     last = max((run.last_round for run in runs), default=0)
     first = min((run.first_round for run in runs), default=1)
     for server_round in range(first, last + 1):
@@ -239,10 +271,40 @@ def run_cells(grid: Grid, runs: list[CellRun]) -> None:
             for tag, content in unbundle(reply.content).items():
                 error = error_of(content)
                 answers[tag].append(NodeAnswer(node, None if error else content, error))
+        metrics: dict[int, dict[str, float]] = {}
         for run in active:
             mine = answers.pop(run.tag)  # released as soon as the run has aggregated them
             if run.failure is None:
-                _guarded(run, functools.partial(run.finish_round, server_round, mine))
+                metrics[id(run)] = _guarded(
+                    run, functools.partial(run.aggregate, server_round, mine))
+        closing = [run for run in active if run.failure is None]
+        evaluations = evaluate_runs([run for run in closing if run.evaluates(server_round)])
+        for run in closing:
+            if run.failure is None:  # its evaluation may have failed
+                _guarded(run, functools.partial(run.close_round, server_round,
+                                                metrics[id(run)], evaluations.get(id(run))))
+
+
+def evaluate_runs(runs: list[CellRun]) -> dict[int, Evaluation]:
+    """Central evaluation of ``runs``' global models, batched over the runs that share an
+    architecture and a test set (``evaluate_many``); ``id(run)`` -> (loss, accuracy). A batch
+    that raises is evaluated run by run, so only a run whose own evaluation fails is set
+    aside (``_guarded``) and left out."""
+    groups: dict[tuple[Any, ...], list[CellRun]] = {}
+    for run in runs:
+        groups.setdefault(run.eval_group, []).append(run)
+    evaluations: dict[int, Evaluation] = {}
+    for group in groups.values():
+        first = group[0]
+        try:
+            results = evaluate_many(first.model, [run.params for run in group], first.x_test,
+                                    first.y_test, first.mean, first.std)
+        except Exception:
+            results = [_guarded(run, run.evaluate) for run in group]
+        for run, result in zip(group, results, strict=True):
+            if result is not None:
+                evaluations[id(run)] = result
+    return evaluations
 
 
 def _guarded(run: CellRun, step: Callable[[], Any]) -> Any:
