@@ -124,6 +124,26 @@ def test_cells_that_train_alike_share_one_batched_call_and_equal_one_by_one(
     assert len({rows(stacked / n)[-1]["test-accuracy"] for n in names}) > 6
 
 
+def test_runs_with_other_local_epochs_train_in_one_call_bit_for_bit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
+    """FedAvg and FedNova (whose normaliser counts each client's steps) at 1 and 3 local
+    epochs: the four runs train in one batched call per node and round, each client making its
+    own run's number of steps, and every run's numbers are the bits of its one-by-one run."""
+    calls = count_fused_calls(monkeypatch)
+    stacked, single = run_both(tmp_path, ["fedavg", "fednova"], [0], {"local-epochs": [1, 3]},
+                               {"momentum": 0.5})
+    assert calls == [4] * 2 * 2  # 2 rounds x 2 nodes
+    names = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
+    assert len(names) == 4
+    drop = {"node-wasted-fraction"}
+    for name in names:
+        got = [{k: v for k, v in r.items() if k not in drop} for r in rows(stacked / name)]
+        want = [{k: v for k, v in r.items() if k not in drop} for r in rows(single / name)]
+        assert got == want, name
+    finals = {name: rows(single / name)[-1]["test-loss"] for name in names}
+    assert len(set(finals.values())) == 4  # epochs (and FedNova's normaliser) change the runs
+
+
 def count_evaluation_passes(monkeypatch: pytest.MonkeyPatch, per_pass: int) -> list[int]:
     """Models per central-evaluation pass, with up to ``per_pass`` stacked in one."""
     import fedwsa.server.evaluation as evaluation
@@ -188,6 +208,7 @@ def test_runs_fuse_only_when_their_clients_train_alike() -> None:
         strategy="fedwsa", wsa_layers="fc3.weight")  # the term regularises other layers
     assert key(strategy="scaffold", lr=0.01) != key(strategy="scaffold", lr=0.02)  # steps with lr
     assert key(batch_size=32) != key(batch_size=64)
+    assert key(local_epochs=1) == key(local_epochs=3, strategy="fednova")  # steps per client
     assert key(strategy="fedavg") != key(strategy="fedprox")
     assert key(trainer="sequential") is None and key(fail_rate=0.1) is None
     assert key(dataset="synthetic", seed=0) != key(dataset="synthetic", seed=1)

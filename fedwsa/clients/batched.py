@@ -74,8 +74,9 @@ class ChunkLayout:
 
 
 def longest_first(sizes: dict[int, int], settings: LocalSettings) -> list[int]:
-    """Client ids by steps per epoch, most first (ties by id)."""
-    return sorted(sizes, key=lambda c: (-num_batches(sizes[c], settings.batch_size), c))
+    """Client ids by local steps, most first (ties by id)."""
+    return sorted(sizes, key=lambda c: (
+        -settings.epochs_of(c) * num_batches(sizes[c], settings.batch_size), c))
 
 
 def plan_chunks(sizes: dict[int, int], settings: LocalSettings, max_clients: int
@@ -102,7 +103,9 @@ def layout_chunk(data: NodeData, client_ids: list[int], settings: LocalSettings,
     """Lay out every client's epochs (same seeded order and draws as the sequential trainer)."""
     s, dev = settings, data.device
     B = s.batch_size
-    steps = [s.local_epochs * num_batches(data.client_size(c), B) for c in client_ids]
+    epochs = [s.epochs_of(c) for c in client_ids]
+    steps = [e * num_batches(data.client_size(c), B) for e, c in zip(epochs, client_ids,
+                                                                      strict=True)]
     K, T = len(client_ids), max(steps)
     indices = torch.zeros(K, T * B, dtype=torch.long, device=dev)
     weight = torch.zeros(K, T * B, dtype=torch.float32, device=dev)
@@ -117,7 +120,7 @@ def layout_chunk(data: NodeData, client_ids: list[int], settings: LocalSettings,
         last_size = n - (per_epoch - 1) * B
         w = torch.full((n,), 1.0 / B, device=dev)
         w[(per_epoch - 1) * B:] = 1.0 / last_size
-        for epoch in range(s.local_epochs):
+        for epoch in range(epochs[k]):
             plan = epoch_plan(data, cid, s.seed, server_round, epoch, s.augment)
             pos = epoch * per_epoch * B + slot
             indices[k, pos] = plan.order
@@ -125,7 +128,7 @@ def layout_chunk(data: NodeData, client_ids: list[int], settings: LocalSettings,
             if offsets is not None and flips is not None:
                 offsets[k, pos] = plan.offsets
                 flips[k, pos] = plan.flips
-        last[k, (s.local_epochs - 1) * per_epoch: s.local_epochs * per_epoch] = True
+        last[k, (epochs[k] - 1) * per_epoch: epochs[k] * per_epoch] = True
     shape = (K, T, B)
     weight = weight.view(shape)
     steps_t = torch.tensor(steps)

@@ -2,8 +2,9 @@
 
 When a federation serves several runs (``fedwsa compare``'s stacked cells), runs whose clients
 train alike can share the batched trainer's ``vmap``: same model, data set and pixel pipeline,
-epochs, batch size and augmentation, the same client terms (learning rate, momentum and weight
-decay may differ: they enter the step as per-client tensors). Their clients become virtual
+batch size and augmentation, the same client terms (learning rate, momentum and weight decay
+may differ: they enter the step as per-client tensors; local epochs may differ: each client
+makes its own number of steps, as clients of unequal sizes already do). Their clients become virtual
 clients of one cohort: each keeps its own partition, its own data and augmentation stream (its
 run's seed and its own id), starts from its own run's global model, and its terms see its own
 run's inputs (a FedProx mu, a WSA target, SCAFFOLD's c - c_i), all as rows of one stack.
@@ -11,8 +12,10 @@ Clients never mix inside ``vmap``, and on a CPU every client's result is bit-ide
 it is batched with, so a fused run gives the numbers it would give alone
 (``tests/test_stacked.py``).
 
-What does not fuse (other client terms, another model, epochs or batch size, the sequential
-trainer, fault injection) is trained in its own call, as before. Runs that differ in lr,
+What does not fuse (other client terms, another model or batch size, the sequential trainer,
+fault injection) is trained in its own call, as before. Another batch size is another tensor
+shape: padding the smaller batches to the largest would spend the padding's compute and give
+up bit-identical results, so those runs train apart. Runs that differ in lr,
 momentum or weight decay step with per-client tensors; they agree with their one-by-one runs
 to float rounding (bit for bit on the CPUs we measured, not guaranteed on every kernel).
 """
@@ -42,7 +45,7 @@ def fuse_key(config: Config, request: TrainRequest) -> tuple | None:
     # lr, momentum and weight decay may differ per client (tensors in the batched step),
     # unless a term steps with the learning rate itself (SCAFFOLD's correction).
     uses_lr = any(t.overrides("after_step") or t.overrides("outputs") for t in terms)
-    settings = replace(LocalSettings.from_config(config), seed=0,
+    settings = replace(LocalSettings.from_config(config), seed=0, local_epochs=0,
                        lr=config.lr if uses_lr else 0.0, momentum=0.0, weight_decay=0.0)
     return (settings, tuple((t.name, t.fuse_key()) for t in terms), tuple(sorted(request.shared)),
             tuple(sorted(request.per_client)),
@@ -78,7 +81,9 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
     fused = NodeData(first.device, first.images, first.labels, first.mean, first.std,
                      first.num_classes, tuple(partitions), first.pad_mode, tuple(streams))
     request0, config0 = runs[0]
-    trainer = build_trainer(config0, fused)
+    epochs = [c.local_epochs for _, c in runs]
+    trainer = build_trainer(config0, fused, client_epochs=None if len(set(epochs)) == 1 else
+                            tuple(epochs[r] for r, _ in owner))
 
     def stacked(rows: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
         return {n: torch.stack(v) for n, v in rows.items()}

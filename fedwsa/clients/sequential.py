@@ -69,7 +69,7 @@ class SequentialTrainer:
         steps_after = [t for t in self.terms if t.overrides("after_step")]
         steps = 0
         loss_sum = torch.zeros((), device=device)
-        for epoch in range(s.local_epochs):
+        for epoch in range(s.epochs_of(cid)):
             plan = epoch_plan(data, cid, s.seed, task.server_round, epoch, s.augment)
             loss_sum = torch.zeros((), device=device)
             for b in range(num_batches(n, s.batch_size)):

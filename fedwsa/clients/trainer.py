@@ -23,7 +23,7 @@ from fedwsa.protocol import TrainReply
 
 @dataclass(frozen=True)
 class LocalSettings:
-    """Local SGD hyper-parameters, shared by every client of a run."""
+    """Local SGD hyper-parameters, shared by every client of a run (epochs may be per client)."""
 
     local_epochs: int
     batch_size: int
@@ -32,6 +32,13 @@ class LocalSettings:
     weight_decay: float
     augment: bool
     seed: int
+    # Each client's own local epochs, indexed by client id, when the clients of several runs
+    # train together (``fedwsa.clients.fused``); None: ``local_epochs`` for every client.
+    client_epochs: tuple[int, ...] | None = None
+
+    def epochs_of(self, client_id: int) -> int:
+        """The local epochs ``client_id`` trains."""
+        return self.local_epochs if self.client_epochs is None else self.client_epochs[client_id]
 
     @classmethod
     def from_config(cls, config: Config) -> LocalSettings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fedwsa.algorithms import client_terms
 from fedwsa.clients.batched import BatchedTrainer
 from fedwsa.clients.node import NodeData
@@ -11,11 +13,13 @@ from fedwsa.config import Config
 from fedwsa.models import build_model, check_functional
 
 
-def build_trainer(config: Config, data: NodeData) -> Trainer:
-    """The ``trainer`` of ``config``, over the node's data."""
+def build_trainer(config: Config, data: NodeData,
+                  client_epochs: tuple[int, ...] | None = None) -> Trainer:
+    """The ``trainer`` of ``config``, over the node's data (``client_epochs``: each client's
+    own local epochs, by client id; see ``LocalSettings``)."""
     model = build_model(config.model, data.num_classes)
     check_functional(model)
-    settings = LocalSettings.from_config(config)
+    settings = replace(LocalSettings.from_config(config), client_epochs=client_epochs)
     terms = client_terms(config, dict(model.named_parameters()))
     if config.trainer == "batched":
         return BatchedTrainer(model, data, settings, config.max_batched_clients, config.precision,
