@@ -16,10 +16,10 @@ How a round is timed. Each run evaluates centrally every round (``eval-every=1``
 ``elapsed-s`` (seconds since the ServerApp started, stamped after that round's evaluation) to
 ``metrics.jsonl``. Round r's time is ``elapsed(r) - elapsed(r-1) - eval(r)``: configure, send,
 train on the node(s), receive, aggregate. ``eval(r)``, the duration of round r's central
-evaluation, is measured by wrapping ``fedwsa.server.app.evaluate`` in this process (the ServerApp
-runs in-process with ``run_simulation``), so evaluation never counts. Round 1 is left out: it
-includes starting the Ray actors, importing torch in them and loading the dataset onto each
-node. The figure per layout is the mean over rounds 2..R (R = ``--rounds`` >= 3); (d) times R
+evaluation, is measured by wrapping ``fedwsa.server.app.evaluate_many`` in this process (the
+ServerApp runs in-process with ``run_simulation``), so evaluation never counts. Round 1 is left
+out: it includes starting the Ray actors, importing torch in them and loading the dataset onto
+each node. The figure per layout is the mean over rounds 2..R (R = ``--rounds`` >= 3); (d) times R
 calls and also drops the first. Checkpoints are off (``checkpoint-every=0``). Images per second
 are the round's training examples (sum of the sampled clients' partition sizes times local
 epochs) over that time. ``flower-overhead`` is the share of (c)'s round time not spent in (d):
@@ -95,7 +95,7 @@ def timed_evaluations() -> Iterator[list[float]]:
     import fedwsa.server.app as server_app
 
     durations: list[float] = []
-    original = server_app.evaluate
+    original = server_app.evaluate_many
 
     def timed(*a, **kw):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
@@ -105,11 +105,11 @@ def timed_evaluations() -> Iterator[list[float]]:
         durations.append(time.perf_counter() - start)
         return out
 
-    server_app.evaluate = timed
+    server_app.evaluate_many = timed
     try:
         yield durations
     finally:
-        server_app.evaluate = original
+        server_app.evaluate_many = original
 
 
 def round_seconds(run_dir: Path, eval_s: list[float]) -> list[float]:
