@@ -16,9 +16,9 @@ is a bundle of one.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -83,6 +83,41 @@ class TrainReply:
             failures=dict(failures or {}), stats=dict(stats or {}),
             steps=[r.steps for r in rows],
             outputs={k: torch.stack([r.outputs[k] for r in rows]) for k in out_names})
+
+    @classmethod
+    def merged(cls, replies: Sequence[TrainReply], like: Mapping[str, torch.Tensor],
+               failures: Mapping[int, str] | None = None) -> TrainReply:
+        """Several nodes' replies as one, clients sorted by id (so an aggregate does not depend
+        on how clients were spread over nodes). One concatenation, and one reordering only
+        when needed: a single node's reply in id order is used as it is, not copied."""
+        answered = [r for r in replies if r.client_ids]
+        ids = [c for r in answered for c in r.client_ids]
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+
+        def joined(get: Callable[[TrainReply], dict[str, torch.Tensor]],
+                   names: Iterable[str]) -> dict[str, torch.Tensor]:
+            if len(answered) == 1:
+                out = dict(get(answered[0]))
+            else:
+                out = {n: torch.cat([get(r)[n] for r in answered]) for n in names}
+            return out if order == list(range(len(order))) else take_rows(out, order)
+
+        if not answered:
+            params = {n: v.new_empty((0, *v.shape)) for n, v in like.items()}
+            outputs: dict[str, torch.Tensor] = {}
+        else:
+            params = joined(lambda r: r.params, like)
+            outputs = joined(lambda r: r.outputs, answered[0].outputs)
+
+        def flat(get: Callable[[TrainReply], list[Any]]) -> list[Any]:
+            values = [v for r in answered for v in get(r)]
+            return [values[j] for j in order]
+
+        return cls(client_ids=[ids[j] for j in order], params=params,
+                   num_examples=flat(lambda r: r.num_examples),
+                   train_loss=flat(lambda r: r.train_loss), failures=dict(failures or {}),
+                   steps=flat(lambda r: r.steps) if all(r.steps for r in answered) else [],
+                   outputs=outputs)
 
     def rows(self) -> list[ClientRow]:
         """The reply, one client at a time."""

@@ -260,3 +260,34 @@ def test_run_with_fail_rate_finishes_and_counts_the_failures(tmp_path: Path) -> 
     assert [r["clients-failed"] for r in rows[1:]] == expected
     assert all(r["clients-sampled"] == 4 for r in rows[1:])
     assert json.loads((run / "result.json").read_text())["status"] == "finished"
+
+
+def test_replies_of_several_nodes_merge_into_one_id_sorted_stack() -> None:
+    """``TrainReply.merged`` against splitting every reply into client rows and stacking them
+    again in id order (what the server did before): the same tensors and lists; a single
+    reply already in id order is used without a copy."""
+    like = {"w": torch.zeros(3, 2), "b": torch.zeros(3)}
+
+    def reply(ids: list[int], with_outputs: bool = True) -> TrainReply:
+        gen = torch.Generator().manual_seed(sum(ids) + len(ids))
+        k = len(ids)
+        return TrainReply(ids, {"w": torch.randn(k, 3, 2, generator=gen),
+                                "b": torch.randn(k, 3, generator=gen)},
+                          [10 * c for c in ids], [0.1 * c for c in ids], steps=[c + 1 for c in ids],
+                          outputs={"o": torch.randn(k, 4, generator=gen)} if with_outputs else {})
+
+    replies = [reply([5, 1, 7]), reply([], with_outputs=False), reply([0, 6])]
+    got = TrainReply.merged(replies, like, {9: "node failed"})
+    rows = sorted((row for r in replies for row in r.rows()), key=lambda row: row.client_id)
+    want = TrainReply.from_rows(rows, like, {9: "node failed"})
+    assert got.client_ids == want.client_ids == [0, 1, 5, 6, 7]
+    for name in like:
+        assert torch.equal(got.params[name], want.params[name])
+    assert torch.equal(got.outputs["o"], want.outputs["o"])
+    assert (got.num_examples, got.train_loss, got.steps, got.failures) == (
+        want.num_examples, want.train_loss, want.steps, want.failures)
+    alone = reply([2, 3, 8])
+    same = TrainReply.merged([alone], like)
+    assert same.params["w"].data_ptr() == alone.params["w"].data_ptr()
+    empty = TrainReply.merged([reply([], with_outputs=False)], like, {4: "x"})
+    assert empty.client_ids == [] and empty.params["w"].shape == (0, 3, 2)

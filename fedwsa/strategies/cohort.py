@@ -33,7 +33,6 @@ from fedwsa.maths.scope import (
 )
 from fedwsa.models import build_model
 from fedwsa.protocol import (
-    ClientRow,
     NodeAnswer,
     TrainReply,
     TrainRequest,
@@ -124,11 +123,16 @@ class CohortStrategy(Strategy):
           layers for every strategy so runs compare.
         """
         names, mu_t, sigma_t = self.metric_target(global_params)
-        mu, sigma = stacked_scopes({n: updates.params[n] for n in names}, names)
-        kl = scope_kl(mu.double(), sigma.double(), mu_t.double(), sigma_t.double()).sum(dim=1)
         all_names = regularised_names(global_params)
-        _, sigma_all = stacked_scopes({n: updates.params[n] for n in all_names}, all_names)
-        return {"wsa-kl": float(kl.mean()), "scope-sigma-spread": sigma_spread(sigma_all)}
+        # One pass over the clients' weights for both metrics (the target's layers are among
+        # the regularised ones; a layer outside them gets its own pass).
+        scoped = all_names + [n for n in names if n not in all_names]
+        mu_all, sigma_all = stacked_scopes(updates.params, scoped)
+        rows = torch.tensor([scoped.index(n) for n in names], dtype=torch.long)
+        mu, sigma = mu_all[:, rows], sigma_all[:, rows]
+        kl = scope_kl(mu.double(), sigma.double(), mu_t.double(), sigma_t.double()).sum(dim=1)
+        spread = sigma_spread(sigma_all[:, :len(all_names)])
+        return {"wsa-kl": float(kl.mean()), "scope-sigma-spread": spread}
 
     def metric_target(self, global_params: dict[str, torch.Tensor]
                       ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -202,7 +206,7 @@ class CohortStrategy(Strategy):
         nodes (same sums in the same order).
         """
         failures: dict[int, str] = {}
-        rows: dict[int, ClientRow] = {}
+        replies: list[TrainReply] = []
         stats: dict[str, list[float]] = {}
         answered: set[int] = set()
         for answer in answers:
@@ -216,13 +220,12 @@ class CohortStrategy(Strategy):
             failures.update(reply.failures)
             for key, value in reply.stats.items():
                 stats.setdefault(key, []).append(value)
-            rows.update((row.client_id, row) for row in reply.rows())
+            replies.append(reply)
         for node, clients in self._sent.items():
             if node not in answered:
                 for cid in clients:
                     failures[cid] = f"node {node} did not answer"
-        merged = TrainReply.from_rows([rows[c] for c in sorted(rows)], self._global,
-                                      failures).finite_only()
+        merged = TrainReply.merged(replies, self._global, failures).finite_only()
         for cid, reason in sorted(merged.failures.items()):
             log(WARNING, "client %d left out of aggregation: %s", cid, reason)
         return ClientUpdates(
