@@ -74,3 +74,23 @@ def test_a_tiny_run_reports_consistent_figures(tmp_path: Path,
     assert float(match[1]) == pytest.approx(summary["speedup_batched_vs_classic"], abs=0.051)
     assert float(match[2]) == pytest.approx(summary["speedup_batched_vs_sequential"], abs=0.051)
     assert int(match[3]) == round(100 * summary["flower_overhead"])
+
+
+def test_round_cost_profiles_the_stages_of_a_round(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks/round_cost.py`` on a tiny run: every stage was found in the profile, the
+    trainer is part of the node's call, and the profile file is written."""
+    load_speed()
+    spec = importlib.util.spec_from_file_location("round_cost",
+                                                  ROOT / "benchmarks" / "round_cost.py")
+    assert spec is not None and spec.loader is not None
+    round_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(round_cost)
+    out = tmp_path / "round.pstats"
+    figures = round_cost.main(["--clients", "4", "--rounds", "3", "--out", str(out)])
+    assert set(figures) == {label for label, _, _ in round_cost.STAGES}
+    assert all(ms > 0 for ms in figures.values()), figures
+    assert figures["node: the trainer"] < figures["node: whole ClientApp call"]
+    assert figures["server: replies merged"] < figures["server: aggregate (all of it)"]
+    assert out.stat().st_size > 0
+    assert "fedwsa's own cost outside training" in capsys.readouterr().out
