@@ -6,11 +6,12 @@
 #   2. NIID-Bench's setting end to end with `fedwsa run` (10 clients, Dirichlet 0.5, 10 local
 #      epochs, batch 64, NIID_ROUNDS rounds), per-round wall time from metrics.jsonl;
 #   3. benchmarks/speed.py --device cuda at CLIENTS clients per round, all four layouts;
-#   4. benchmarks/grid.py --device cuda: a grid stacked (one federation) vs one by one.
+#   4. benchmarks/grid.py --device cuda: a grid stacked (one federation) vs one by one;
+#   5. benchmarks/round_cost.py --device cuda: fedwsa's own cost of a round outside training.
 # CIFAR-10 does not fit in the transfer beside the wheels, so the data are a CIFAR-10-shaped
 # .npz of random pixels (50,000 + 10,000 images): the same work per round, meaningless accuracy.
 # Figures go to $OUT (default /tmp/gpu-check); on a CPU, DEVICE=cpu with small sizes tries it.
-# STEPS picks steps (default "tests niid speed grid"); SPEED_ARGS adds speed.py arguments,
+# STEPS picks steps (default "tests niid speed grid cost"); SPEED_ARGS adds speed.py arguments,
 # STRATEGIES runs speed.py once per strategy preset (default fedavg), and GRID_ARGS replaces
 # grid.py's grid (default: fedavg, fedprox, scaffold x 2 seeds, 10 clients, 3 rounds of 1 epoch).
 set -uo pipefail
@@ -24,7 +25,8 @@ NIID_LIMIT_S=${NIID_LIMIT_S:-180}
 SPEED_LIMIT_S=${SPEED_LIMIT_S:-240}
 TRAIN_IMAGES=${TRAIN_IMAGES:-50000}
 GRID_LIMIT_S=${GRID_LIMIT_S:-240}
-STEPS=${STEPS:-tests niid speed grid}
+STEPS=${STEPS:-tests niid speed grid cost}
+COST_LIMIT_S=${COST_LIMIT_S:-90}
 GRID_ARGS=${GRID_ARGS:---strategies fedavg,fedprox,scaffold --seeds 2 --clients 10 --rounds 3}
 SPEED_ARGS=${SPEED_ARGS:-}
 STRATEGIES=${STRATEGIES:-fedavg}
@@ -97,4 +99,11 @@ echo "== 4. grid.py" | tee "$OUT/grid.txt"
 timeout "$GRID_LIMIT_S" python3 benchmarks/grid.py --device "$DEVICE" --data-root "$data" \
   --out "$OUT/grid.json" $GRID_ARGS 2>&1 | grep -E "^config|^one by one|^done|rror" \
   | tee -a "$OUT/grid.txt"
+fi
+
+if [[ $STEPS == *cost* ]]; then
+echo "== 5. round_cost.py, $CLIENTS clients" | tee "$OUT/round-cost.txt"
+timeout "$COST_LIMIT_S" python3 benchmarks/round_cost.py --device "$DEVICE" --data-root "$data" \
+  --clients "$CLIENTS" --out "$OUT/round.pstats" 2>&1 | grep -vE "INFO|WARNING" \
+  | tee -a "$OUT/round-cost.txt"
 fi
