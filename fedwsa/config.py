@@ -25,6 +25,7 @@ from fedwsa.keys import (
     integer,
     key,
     number,
+    round_schedule,
 )
 from fedwsa.models import MODELS
 from fedwsa.partitions import NIID_BENCH_PARTITIONS, PARTITION_RNGS, PARTITIONS
@@ -85,6 +86,9 @@ KEYS: tuple[Key, ...] = (
     key("run-dir", "", any_string(), "Run directory ('' = runs/<strategy>-<timestamp>)."),
     *algorithms.KEYS,
     key("checkpoint-every", 1, integer(0), "Checkpoint every N rounds (0 = never)."),
+    key("save-client-models", "none", round_schedule(),
+        "Keep the sampled clients' trained weights of these rounds in run-dir/client-models "
+        "(every-N: rounds N, 2N, ... and the last), for fedwsa analyze."),
     key("resume", False, boolean(),
          "Continue the run in run-dir from its last checkpoint."),
     key("min-clients", 1, integer(1),
@@ -104,6 +108,7 @@ RESUMABLE_KEYS: frozenset[str] = frozenset({
     "data-root",            # the same data may live somewhere else now
     "max-batched-clients",  # a memory knob: lower it after running out of GPU memory
     "scaffold-store",       # the store may have been moved (its id is checked on resume)
+    "save-client-models",   # what is kept from now on, never what is trained
 })
 """Config keys that may differ between a checkpoint and the run that resumes it.
 
@@ -171,6 +176,7 @@ class Config:
     cart_svd: str
     scaffold_store: str
     checkpoint_every: int
+    save_client_models: str
     resume: bool
     min_clients: int
     fail_rate: float

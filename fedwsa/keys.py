@@ -7,6 +7,7 @@ each ``fedwsa.algorithms`` module for its own), so that an algorithm's keys live
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,12 @@ def number(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool
         return math.isfinite(v) and above and below
 
     return text, check
+
+
+def round_schedule() -> Spec:
+    """``none``, ``last`` or ``every-N``: which rounds something is kept for."""
+    pattern = re.compile(r"none|last|every-[1-9][0-9]*")
+    return "none, last or every-N (N >= 1)", lambda v: pattern.fullmatch(v) is not None
 
 
 def any_string() -> Spec:

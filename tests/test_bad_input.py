@@ -144,6 +144,8 @@ CASES = [
          run_c("partition='shards' classes-per-client=20"), "classes-per-client", "20"),
     Case("niid-bench draws for a split NIID-Bench lacks",
          run_c("partition='shards' partition-rng='niid-bench'"), "partition-rng", "'niid-bench'"),
+    Case("save-client-models every-0", run_c("save-client-models='every-0'"),
+         "save-client-models", "'every-0'"),
     Case("unknown partition-rng", run_c("partition-rng='mt19937'"), "partition-rng",
          "'mt19937'"),
     Case("unknown wsa-layers name", run_c("wsa-layers='conv9.weight'"), "wsa-layers",

@@ -24,6 +24,13 @@ from fedwsa.data import load_dataset, pixel_stats, train_set_key
 from fedwsa.device import resolve_device
 from fedwsa.models import build_model, check_functional
 from fedwsa.protocol import NodeAnswer, bundle, error_of, from_arrays, to_arrays, unbundle
+from fedwsa.results.client_models import (
+    CLIENT_MODELS_DIR,
+    disk_cost_line,
+    prune_client_models,
+    save_client_models,
+    saves_round,
+)
 from fedwsa.results.rundir import RunWriter
 from fedwsa.server.checkpoint import (
     Checkpoint,
@@ -34,7 +41,7 @@ from fedwsa.server.checkpoint import (
 )
 from fedwsa.server.evaluation import evaluate, evaluate_many
 from fedwsa.server.preflight import preflight
-from fedwsa.strategies import build_strategy
+from fedwsa.strategies import build_strategy, sample_clients
 
 Evaluation = tuple[float, float]  # a global model's central (test loss, test accuracy)
 
@@ -118,6 +125,13 @@ class CellRun:
             log(INFO, "[fedwsa] resuming %s after round %d", self.run_path.resolve(), ckpt.round)
         self.writer = RunWriter(self.run_path, config,
                                 rows=None if ckpt is None else ckpt.metrics)
+        if config.save_client_models != "none":
+            if ckpt is not None:
+                prune_client_models(self.run_path, after=ckpt.round)
+            cohort = sample_clients(config.seed, 1, config.num_clients, config.fraction_train)
+            log(INFO, "[fedwsa] %s", disk_cost_line(
+                config.save_client_models, self.last_round, len(cohort), self.params,
+                self.run_path / CLIENT_MODELS_DIR))
         self.arrays = to_arrays(self.params)
         self._rng = capture_rng()  # each run keeps its own global RNG stream (own_rng)
         log(INFO, "[fedwsa] run directory: %s", self.run_path.resolve())
@@ -223,6 +237,12 @@ class CellRun:
         last = server_round == self.last_round
         if evaluation is not None:
             self.record_round(server_round, round_metrics, evaluation)
+        # Kept before the checkpoint, so that every checkpointed round has its file.
+        updates = self.strategy.last_updates
+        keep = saves_round(self.config.save_client_models, server_round, self.last_round)
+        if keep and updates is not None and updates.client_ids:
+            save_client_models(self.run_path, server_round, updates.client_ids,
+                               updates.num_examples.tolist(), updates.params)
         every = self.config.checkpoint_every
         if every and (server_round % every == 0 or last):
             save_checkpoint(self.run_path, Checkpoint(

@@ -80,6 +80,9 @@ class CohortStrategy(Strategy):
         self.composition = compose(config, model_parameters(config))
         self._sent: dict[int, list[int]] = {}
         self._global: dict[str, torch.Tensor] = {}
+        # The last round's merged client updates (the stack that was aggregated), for the
+        # server to keep on request (``save-client-models``).
+        self.last_updates: ClientUpdates | None = None
 
     def part(self, name: str) -> Any:
         """The server part called ``name`` (e.g. ``"wsa"``, ``"cart"``, ``"adam"``)."""
@@ -248,7 +251,7 @@ class CohortStrategy(Strategy):
     def aggregate_answers(self, server_round: int, answers: Iterable[NodeAnswer]
                           ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """``aggregate_train`` on the nodes' answers for this run (unbundled by the server)."""
-        updates = self.collect(answers)
+        updates = self.last_updates = self.collect(answers)
         metrics: dict[str, float] = {
             "clients-sampled": len(updates.client_ids) + len(updates.failures),
             "clients-failed": len(updates.failures),
