@@ -92,6 +92,21 @@ def cmd_partitions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from fedwsa.analysis import analyze
+
+    try:
+        clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    except ValueError as err:
+        raise ValueError(f"--clients={args.clients!r}: expected client ids like 3,7") from err
+    written = analyze(args.run_dirs, [w.strip() for w in args.what.split(",") if w.strip()],
+                      server_round=args.server_round, between=args.between, client_ids=clients,
+                      points=args.points, device=args.device)
+    for path in written:
+        print(path)
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     print(markdown_table())
     return 0
@@ -118,6 +133,32 @@ def build_parser() -> argparse.ArgumentParser:
     parts.add_argument("-c", "--config", action="append")
     parts.add_argument("--out", help="heat-map PNG path")
     parts.set_defaults(func=cmd_partitions)
+
+    analyze = sub.add_parser(
+        "analyze", help="the papers' analyses on a finished run's models (PNG, SVG, JSON, CSV)",
+        description="Analyses of why weight averaging works, on the models of finished runs "
+                    "(METHODS.md section 3); files go to RUN_DIR/analysis/. Client models are "
+                    "kept by running with save-client-models='last' or 'every-N'.")
+    analyze.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                         help="a run directory, or two to compare (e.g. a fedavg and a fedwsa "
+                              "run)")
+    analyze.add_argument("--what", required=True,
+                         help="comma-separated analyses: scopes (per-layer weight histograms "
+                              "with fitted Gaussians, per round and across kept rounds), "
+                              "barrier (loss and accuracy on the line between two models)")
+    analyze.add_argument("--round", type=int, dest="server_round",
+                         help="which kept round's clients (default: the last kept)")
+    analyze.add_argument("--between", default="clients",
+                         help="barrier: clients (two clients of the run), client-global (a "
+                              "client and the final global model) or runs (the global models "
+                              "of two runs); default clients")
+    analyze.add_argument("--clients", default="",
+                         help="barrier: client ids, e.g. 3,7 (default: the first kept)")
+    analyze.add_argument("--points", type=int, default=11,
+                         help="barrier: models evaluated on the line, ends included (default 11)")
+    analyze.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, "
+                                                          "cuda")
+    analyze.set_defaults(func=cmd_analyze)
 
     keys = sub.add_parser("keys", help="print every config key with its default")
     keys.set_defaults(func=cmd_keys)
