@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from fedwsa.analysis.barrier import linear_path
+from fedwsa.analysis.merging import magnitude_curve, mean_weights, merge_accuracies
 from fedwsa.analysis.scopes import fit_gaussian
 from fedwsa.analysis.sources import EvalData
 from fedwsa.cli import main
@@ -97,6 +98,62 @@ def test_the_path_matches_a_loop_over_lerp_models() -> None:
         (accuracies[0] + accuracies[-1]) / 2 - min(accuracies), abs=1e-9)
 
 
+def test_merging_n_copies_of_one_model_is_that_model() -> None:
+    """Weight average, logit ensemble and feature average of N copies all equal the model."""
+    model, w, data = build_model("simple-cnn", 10), _weights(2, 4.0), _test_set()
+    rows = merge_accuracies(model, [w] * 5, data, [2, 5])
+    single = linear_path(model, w, w, data, points=2).accuracy[0]
+    assert single > 0.05
+    for row in rows:
+        assert (row.weight_average, row.logit_ensemble, row.feature_average) == (
+            pytest.approx(single, abs=1e-12),) * 3
+
+
+def test_merging_against_a_hand_written_ensemble() -> None:
+    """Two different models: the logit ensemble and the shared-head feature average computed
+    with nn.Module forwards and hooks written out here."""
+    model, a, b, data = build_model("simple-cnn", 10), _weights(0, 3.0), _weights(1, 3.0), \
+        _test_set()
+    row = merge_accuracies(model, [a, b], data, [2])[0]
+    x = normalize(data.images, data.mean, data.std)
+    net = build_model("simple-cnn", 10)
+    logits, features = [], []
+    for w in (a, b):
+        net.load_state_dict(w)
+        with torch.no_grad():
+            h = F.relu(net.fc2(F.relu(net.fc1(torch.flatten(F.max_pool2d(F.relu(net.conv2(
+                F.max_pool2d(F.relu(net.conv1(x)), 2))), 2), 1)))))
+            features.append(h)
+            logits.append(net.fc3(h))
+    net.load_state_dict(mean_weights([a, b]))
+    with torch.no_grad():
+        averaged = net(x)
+        via_head = net.fc3((features[0] + features[1]) / 2)
+
+    def accuracy(z: torch.Tensor) -> float:
+        return (z.argmax(1) == data.labels).double().mean().item()
+
+    assert row.weight_average == pytest.approx(accuracy(averaged), abs=1e-12)
+    assert row.logit_ensemble == pytest.approx(accuracy((logits[0] + logits[1]) / 2), abs=1e-12)
+    assert row.feature_average == pytest.approx(accuracy(via_head), abs=1e-12)
+
+
+def test_scaling_a_bias_free_relu_network_changes_no_prediction() -> None:
+    """Scaling every weight by c > 0 scales the logits of a bias-free ReLU network without
+    normalisation by c^depth: the same predictions at every factor."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 64, bias=False),
+                              torch.nn.ReLU(), torch.nn.Linear(64, 32, bias=False),
+                              torch.nn.ReLU(), torch.nn.Linear(32, 10, bias=False))
+    weights = {n: v.detach() for n, v in net.named_parameters()}
+    curve = magnitude_curve(net, weights, _test_set(), "bias-free")
+    assert curve.changed == [0.0] * len(curve.factors)
+    assert len(set(curve.accuracy)) == 1
+    biased = build_model("simple-cnn", 10)  # with biases the scale does change predictions
+    moved = magnitude_curve(biased, _weights(0, 3.0), _test_set(), "biased")
+    assert max(moved.changed) > 0
+
+
 def test_analyze_writes_every_file_with_the_numbers(runs: dict[str, Path],
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     run = runs["fedavg"]
@@ -114,6 +171,17 @@ def test_analyze_writes_every_file_with_the_numbers(runs: dict[str, Path],
     row = next(r for r in rows if r["layer"] == "fc1.weight" and r["client"] == kept.client_ids[1])
     w = kept.model(kept.client_ids[1])["fc1.weight"].double().numpy()
     assert (row["mu"], row["sigma"]) == pytest.approx((np.mean(w), np.std(w)), rel=1e-9)
+    assert main(["analyze", str(run), "--what", "feature-averaging,magnitude,patterns",
+                 "--device", "cpu"]) == 0
+    for stem in ("feature-averaging", "magnitude", "patterns"):
+        for ext in ("png", "svg", "json", "csv"):
+            assert (out / f"{stem}.{ext}").stat().st_size > 0, (stem, ext)
+    merging = json.loads((out / "feature-averaging.json").read_text())
+    assert [r["n"] for r in merging["rows"]] == [2, 3, 4]  # 4 clients kept
+    magnitude = json.loads((out / "magnitude.json").read_text())
+    unscaled = [r for r in magnitude["rows"] if r["factor"] == 1.0]
+    assert all(r["changed"] == 0.0 for r in unscaled)
+    assert len(unscaled) == len(kept.client_ids) + 1  # each client (up to 5) + their average
     history = json.loads((out / "scopes-rounds.json").read_text())
     assert sorted({r["round"] for r in history}) == [1, 2]
     barrier = json.loads((out / "barrier-clients-0-1-round-2.json").read_text())

@@ -12,8 +12,17 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from fedwsa.analysis.barrier import LinearPath, linear_path
+from fedwsa.analysis.merging import (
+    MAGNITUDES,
+    MagnitudeCurve,
+    magnitude_curve,
+    mean_weights,
+    merge_accuracies,
+)
+from fedwsa.analysis.patterns import classifier, filter_images, first_layer, template_similarity
 from fedwsa.analysis.scopes import LayerScopes, client_scopes
 from fedwsa.analysis.sources import RunModels, Weights, open_run, same_shapes
 from fedwsa.atomic import write_text_atomic
@@ -21,7 +30,7 @@ from fedwsa.results.client_models import ClientModels
 from fedwsa.results.files import write_json_atomic
 from fedwsa.results.plots import save_figure
 
-ANALYSES = ("scopes", "barrier")
+ANALYSES = ("scopes", "barrier", "feature-averaging", "magnitude", "patterns")
 """The analyses ``--what`` accepts."""
 
 BETWEEN = ("clients", "client-global", "runs")
@@ -56,6 +65,20 @@ def analyze(run_dirs: Sequence[str | Path], what: Sequence[str], *, server_round
     if "barrier" in what:
         label, a, b = _ends(runs, server_round, between, client_ids)
         jobs.append(lambda: _write_barrier(runs[0], label, a, b, points, out))
+    if any(w in what for w in ("feature-averaging", "magnitude", "patterns")):
+        run, kept = runs[0], runs[0].clients(server_round)
+        models = [kept.model(c) for c in kept.client_ids]
+        if "feature-averaging" in what:
+            if len(models) < 2:
+                raise ValueError(f"feature-averaging needs at least 2 kept clients; round "
+                                 f"{kept.round} of {run.path} kept {len(models)}")
+            sizes = merge_sizes(len(models))
+            jobs.append(lambda: _write_merging(run, kept, models, sizes, out))
+        if "magnitude" in what:
+            jobs.append(lambda: _write_magnitude(run, kept, models, out))
+        if "patterns" in what:
+            first_layer(models[0])  # a model without convolutions fails here, before writing
+            jobs.append(lambda: _write_patterns(run, kept, models, out))
     written: list[Path] = []
     for job in jobs:  # every input was read above: nothing is written for bad input
         written += job()
@@ -186,6 +209,121 @@ def _write_scope_history(history: list[tuple[RunModels, list[tuple[int, list[Lay
     files.append(write_json_atomic(Path(f"{stem}.json"), [dict(zip(header, r, strict=True))
                                                           for r in rows]))
     files.append(_write_csv(Path(f"{stem}.csv"), header, rows))
+    return files
+
+
+def merge_sizes(available: int) -> list[int]:
+    """N = 2, 3, 5, 10, 20, 50, ... up to the clients there are (and all of them)."""
+    sizes = [n for n in (2, 3, 5, 10, 20, 50, 100, 200, 500) if n <= available]
+    return sizes if sizes[-1] == available else [*sizes, available]
+
+
+def _write_merging(run: RunModels, kept: ClientModels, models: list[Weights],
+                   sizes: list[int], out: Path) -> list[Path]:
+    rows = merge_accuracies(run.model, models, run.test_set(), sizes)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for attr, label, style in (("weight_average", "weight average", "o-"),
+                               ("logit_ensemble", "logit ensemble", "s--"),
+                               ("feature_average", "feature average (shared head)", "^:")):
+        ax.plot([r.n for r in rows], [100 * getattr(r, attr) for r in rows], style, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks([r.n for r in rows], [str(r.n) for r in rows])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(f"N clients merged (round {kept.round}, first N by id)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{run.name}: weight vs feature averaging", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    stem = out / "feature-averaging"
+    files = save_figure(fig, stem)
+    header = ["n", "weight-average", "logit-ensemble", "feature-average"]
+    table = [[r.n, r.weight_average, r.logit_ensemble, r.feature_average] for r in rows]
+    files.append(write_json_atomic(Path(f"{stem}.json"), {
+        "round": kept.round, "clients": kept.client_ids,
+        "rows": [dict(zip(header, r, strict=True)) for r in table]}))
+    files.append(_write_csv(Path(f"{stem}.csv"), header, table))
+    return files
+
+
+def _write_magnitude(run: RunModels, kept: ClientModels, models: list[Weights],
+                     out: Path) -> list[Path]:
+    data = run.test_set()
+    shown = kept.client_ids[:MAX_PLOTTED_CLIENTS // 2]
+    curves: list[MagnitudeCurve] = [
+        magnitude_curve(run.model, kept.model(c), data, f"client {c}") for c in shown]
+    curves.append(magnitude_curve(run.model, mean_weights(models), data,
+                                  f"weight average of {len(models)}"))
+    fig = Figure(figsize=(10, 4))
+    acc_ax, changed_ax = fig.subplots(1, 2)
+    for curve in curves:
+        style = "k-o" if curve.label.startswith("weight") else "--"
+        acc_ax.plot(curve.factors, [100 * a for a in curve.accuracy], style, label=curve.label)
+        changed_ax.plot(curve.factors, [100 * c for c in curve.changed], style)
+    for ax, label in ((acc_ax, "test accuracy (%)"), (changed_ax, "predictions changed (%)")):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("every weight scaled by")
+        ax.set_ylabel(label)
+    acc_ax.legend(fontsize=7)
+    fig.suptitle(f"{run.name}, round {kept.round}: magnitude sensitivity", fontsize=9)
+    fig.tight_layout()
+    stem = out / "magnitude"
+    files = save_figure(fig, stem)
+    header = ["model", "factor", "test-accuracy", "changed"]
+    table = [[c.label, f, a, ch] for c in curves
+             for f, a, ch in zip(c.factors, c.accuracy, c.changed, strict=True)]
+    files.append(write_json_atomic(Path(f"{stem}.json"), {
+        "round": kept.round, "factors": list(MAGNITUDES),
+        "rows": [dict(zip(header, r, strict=True)) for r in table]}))
+    files.append(_write_csv(Path(f"{stem}.csv"), header, table))
+    return files
+
+
+def _write_patterns(run: RunModels, kept: ClientModels, models: list[Weights],
+                    out: Path) -> list[Path]:
+    shown = [("global", run.global_model())] + [
+        (f"client {c}", kept.model(c)) for c in kept.client_ids[:4]]
+    conv_name, _ = first_layer(shown[0][1])
+    head_name, _ = classifier(run.model, shown[0][1])
+    filters = [filter_images(first_layer(w)[1]) for _, w in shown]
+    heads = [classifier(run.model, w)[1].detach().cpu() for _, w in shown]
+    count = min(len(filters[0]), 32)
+    per_row = min(count, 16)
+    fig = Figure(figsize=(12, 2.2 * len(shown)))
+    grid = fig.add_gridspec(len(shown), 2, width_ratios=[2, 1])
+    for row, ((label, _), images, head) in enumerate(zip(shown, filters, heads, strict=True)):
+        sub = grid[row, 0].subgridspec(math.ceil(count / per_row), per_row)
+        for k in range(count):
+            ax = fig.add_subplot(sub[k // per_row, k % per_row])
+            if k == 0:
+                ax.set_title(label, fontsize=8, loc="left")
+            image = images[k]
+            ax.imshow(image.numpy() if image.shape[-1] == 3 else image.mean(-1).numpy(),
+                      cmap=None if image.shape[-1] == 3 else "gray")
+            ax.set_axis_off()
+        ax = fig.add_subplot(grid[row, 1])
+        limit = float(head.abs().max())
+        ax.imshow(head.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+        ax.set_ylabel("class", fontsize=7)
+        ax.set_title(f"{label}: {head_name}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(f"{run.name}: {conv_name} filters (left, first {count}) and class "
+                 f"templates (right), round {kept.round} clients", fontsize=9)
+    stem = out / "patterns"
+    files = save_figure(fig, stem)
+    classes = [str(k) for k in range(heads[0].shape[0])]
+    similarity = template_similarity(heads[1:], heads[0], classes)
+    header = ["model", "class", "cosine-to-global", "template-norm"]
+    table = [[label, k, cos, float(head[int(k)].norm())]
+             for (label, _), head, row in zip(shown[1:], heads[1:], similarity.cosine,
+                                               strict=True)
+             for k, cos in zip(classes, row, strict=True)]
+    files.append(write_json_atomic(Path(f"{stem}.json"), {
+        "round": kept.round, "first-layer": conv_name, "classifier": head_name,
+        "rows": [dict(zip(header, r, strict=True)) for r in table]}))
+    files.append(_write_csv(Path(f"{stem}.csv"), header, table))
     return files
 
 

@@ -145,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--what", required=True,
                          help="comma-separated analyses: scopes (per-layer weight histograms "
                               "with fitted Gaussians, per round and across kept rounds), "
-                              "barrier (loss and accuracy on the line between two models)")
+                              "barrier (loss and accuracy on the line between two models), "
+                              "feature-averaging (weight average vs logit and feature "
+                              "ensembles of N clients), magnitude (accuracy with all weights "
+                              "scaled 0.5-100), patterns (first-layer filters, class templates)")
     analyze.add_argument("--round", type=int, dest="server_round",
                          help="which kept round's clients (default: the last kept)")
     analyze.add_argument("--between", default="clients",
