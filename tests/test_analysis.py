@@ -138,6 +138,24 @@ def test_merging_against_a_hand_written_ensemble() -> None:
     assert row.feature_average == pytest.approx(accuracy(via_head), abs=1e-12)
 
 
+def test_stacked_models_as_on_a_gpu_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The vmap path the GPU takes (forced here on the CPU) against one model at a time."""
+    import fedwsa.analysis.merging as merging
+
+    model, data = build_model("simple-cnn", 10), _test_set()
+    models = [_weights(s, 3.0) for s in range(4)]
+    alone = (merge_accuracies(model, models, data, [2, 4]),
+             magnitude_curve(model, models[0], data, "a"))
+    monkeypatch.setattr(merging, "models_per_pass", lambda device: 16)
+    stacked = (merge_accuracies(model, models, data, [2, 4]),
+               magnitude_curve(model, models[0], data, "a"))
+    for got, want in zip(stacked[0], alone[0], strict=True):
+        assert (got.weight_average, got.logit_ensemble, got.feature_average) == pytest.approx(
+            (want.weight_average, want.logit_ensemble, want.feature_average), abs=2e-3)
+    assert stacked[1].accuracy == pytest.approx(alone[1].accuracy, abs=2e-3)
+
+
 def test_scaling_a_bias_free_relu_network_changes_no_prediction() -> None:
     """Scaling every weight by c > 0 scales the logits of a bias-free ReLU network without
     normalisation by c^depth: the same predictions at every factor."""

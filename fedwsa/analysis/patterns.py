@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedwsa.analysis.merging import head_of
+from fedwsa.analysis.merging import head_prefix
 from fedwsa.analysis.sources import Weights
 
 
@@ -22,9 +22,8 @@ def first_layer(weights: Weights) -> tuple[str, torch.Tensor]:
 
 def classifier(model: nn.Module, weights: Weights) -> tuple[str, torch.Tensor]:
     """The classifier's weight [classes, features] (the last linear layer's)."""
-    head = head_of(model)
-    prefix = next(n for n, m in model.named_modules() if m is head)
-    return f"{prefix}.weight", weights[f"{prefix}.weight"]
+    name = f"{head_prefix(model)}.weight"
+    return name, weights[name]
 
 
 def filter_images(filters: torch.Tensor) -> torch.Tensor:
