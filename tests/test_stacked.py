@@ -215,10 +215,13 @@ def test_runs_fuse_only_when_their_clients_train_alike() -> None:
 
 
 def test_a_diverging_cell_fails_honestly_and_the_others_go_on(
-        tmp_path: Path, flower_identity: None) -> None:
+        tmp_path: Path, flower_identity: None, caplog: pytest.LogCaptureFixture) -> None:
     spec = build_spec(["fedavg"], [0], {"lr": [0.05, 1e9]}, BASE)
-    result = run_grid(spec, tmp_path / "exp", progress="off",
-                      simulate_cells=lambda cs, n, g: run_cells_in_process(cs, num_nodes=n))
+    with caplog.at_level("WARNING", logger="fedwsa.clients.fused"):
+        result = run_grid(spec, tmp_path / "exp", progress="off",
+                          simulate_cells=lambda cs, n, g: run_cells_in_process(cs, num_nodes=n))
+    # The two lr cells train in one joint call: the node still logs each failed client.
+    assert "run 1 of a joint call: client 0 failed in round 1: non-finite" in caplog.text
     good, bad = (tmp_path / "exp" / f"fedavg_lr={lr}_seed=0" for lr in ("0.05", "1000000000.0"))
     assert rows(good)[-1]["test-accuracy"] > 0.3 and rows(good)[-1]["clients-failed"] == 0
     last = rows(bad)[-1]

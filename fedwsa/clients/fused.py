@@ -22,6 +22,7 @@ to float rounding (bit for bit on the CPUs we measured, not guaranteed on every 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -35,6 +36,8 @@ from fedwsa.clients.trainers import build_trainer
 from fedwsa.config import Config
 from fedwsa.data import train_set_key
 from fedwsa.protocol import TrainReply, TrainRequest
+
+log = logging.getLogger(__name__)
 
 
 def fuse_key(config: Config, request: TrainRequest) -> tuple | None:
@@ -105,6 +108,9 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
         mine = [rows[(r, c)]._replace(client_id=c) for c in request.client_ids
                 if (r, c) in rows]
         failures = {owner[v][1]: why for v, why in result.failures.items() if owner[v][0] == r}
+        for cid, why in sorted(failures.items()):  # as train_cohort logs a run's own failures
+            log.warning("run %d of a joint call: client %d failed in round %d: %s", r, cid,
+                        request.server_round, why)
         replies.append(TrainReply.from_rows(mine, request.global_params, failures,
                                             result.stats))
     return replies
