@@ -111,6 +111,38 @@ def test_a_client_that_raises_inside_the_batched_trainer_is_isolated() -> None:
         assert_same_client(result, reference, cid, exact=False)
 
 
+def test_out_of_memory_halves_the_chunks_once_and_for_later_rounds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device that fits 2 clients at once (faked: the step raises torch's out-of-memory
+    error above 2): the cohort of 6 is retried in chunks of 3, then 1, and gives every client's
+    result of the unconstrained run; the next round starts at the size that fitted."""
+    import fedwsa.clients.batched as batched
+
+    node, ids = make_node(), list(range(6))
+    want = BatchedTrainer(build_model("simple-cnn", 10), node, SETTINGS, cpu_workers=1).train(
+        CohortTask(1, ids, global_params()))
+    monkeypatch.setattr(batched, "LEARNED_CHUNK", {})
+    real, sizes = BatchedTrainer._train_chunk, []
+
+    def small_device(self, inputs, layout, grad_fn):  # type: ignore[no-untyped-def]
+        sizes.append(len(layout.client_ids))
+        if len(layout.client_ids) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (faked)")
+        return real(self, inputs, layout, grad_fn)
+
+    monkeypatch.setattr(BatchedTrainer, "_train_chunk", small_device)
+    fitted = BatchedTrainer(build_model("simple-cnn", 10), node, SETTINGS, cpu_workers=1)
+    got = fitted.train(CohortTask(1, ids, global_params()))
+    assert sizes == [6, 3] + [1] * 6
+    assert got.client_ids == want.client_ids
+    for cid in ids:
+        assert_same_client(got, want, cid, exact=True)
+    sizes.clear()
+    again = BatchedTrainer(build_model("simple-cnn", 10), node, SETTINGS, cpu_workers=1)
+    again.train(CohortTask(2, ids, global_params()))
+    assert sizes == [1] * 6  # learned: no second out-of-memory error
+
+
 def test_a_diverging_client_in_the_batched_trainer_does_not_poison_the_others() -> None:
     """NaN gradients for one client (one vmap lane): only that client comes back non-finite."""
     node = make_node()

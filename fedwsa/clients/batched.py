@@ -13,7 +13,8 @@ sequential trainer computes:
 - Batches are gathered by index from the uint8 train set on the device, augmented there in batch
   with each client's own seeded draws (the same draws the sequential trainer makes).
 - Cohorts larger than ``max-batched-clients`` are trained in chunks of similar step counts
-  (0: the whole cohort on a GPU, ``CPU_CHUNK`` clients at a time on a CPU).
+  (0: the whole cohort on a GPU, ``CPU_CHUNK`` clients at a time on a CPU); a cohort that runs
+  the device out of memory is trained again in chunks half as large (``LEARNED_CHUNK``).
 - On a CPU, convolutions run one client at a time inside ``vmap`` (``per_client_conv``: oneDNN's
   grouped convolutions are slow), and each of the node's cores trains a share of the clients in
   a thread of its own with single-threaded ops (``cpu_workers``): the small convolutions of FL
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +58,8 @@ from fedwsa.clients.trainer import (
 )
 from fedwsa.models import check_functional
 from fedwsa.protocol import ClientRow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -144,6 +148,11 @@ def layout_chunk(data: NodeData, client_ids: list[int], settings: LocalSettings,
         flips=None if flips is None else flips.view(shape),
     )
 
+
+LEARNED_CHUNK: dict[tuple[Any, ...], int] = {}
+"""Per device, model, batch size, precision and client terms (``BatchedTrainer._memory_key``):
+the chunk size an out-of-memory error halved the cohort to. A stacked grid can put hundreds of
+clients in one call; the node learns once what fits instead of failing every round."""
 
 CPU_CHUNK = 16
 """Clients per chunk and worker on a CPU when ``max-batched-clients`` is 0. Small chunks pay
@@ -296,11 +305,43 @@ class BatchedTrainer:
             stats={"wasted-fraction": 1.0 - real / max(computed, 1.0),
                    "train-s": time.perf_counter() - t0})
 
+    def _memory_key(self) -> tuple[Any, ...]:
+        """What decides how many clients fit on the device at once."""
+        size = sum(p.numel() for p in self.model.parameters())
+        return (str(self.data.device), type(self.model).__name__, size,
+                self.settings.batch_size, self.precision, tuple(t.name for t in self.terms))
+
+    def chunk_size(self, clients: int) -> int:
+        """Clients per chunk: ``max-batched-clients`` (0 = all), capped by what an earlier
+        out-of-memory error showed to fit (``LEARNED_CHUNK``)."""
+        size = min(self.max_clients or clients, clients)
+        learned = LEARNED_CHUNK.get(self._memory_key())
+        return max(1, min(size, learned) if learned else size)
+
     def _train_group(self, rnd: _Round, group: dict[int, int], worker: int) -> _GroupResult:
+        """``_train_chunks``; when the device runs out of memory, the same clients again in
+        chunks half as large (each client's result does not depend on its chunk), down to one
+        client per chunk. The size that fits is kept for later rounds and calls."""
+        while True:
+            size = self.chunk_size(len(group))
+            try:
+                return self._train_chunks(rnd, group, worker, size)
+            except torch.OutOfMemoryError:
+                if size <= 1:
+                    raise
+                LEARNED_CHUNK[self._memory_key()] = size // 2
+                if self.data.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log.warning("out of memory training %d clients at once on %s; retrying in "
+                            "chunks of %d (kept for later rounds)", size, self.data.device,
+                            size // 2)
+
+    def _train_chunks(self, rnd: _Round, group: dict[int, int], worker: int, size: int
+                      ) -> _GroupResult:
         """One worker's clients, chunk by chunk: their results, samples computed and real."""
         out: dict[int, ClientRow] = {}
         computed = real = 0.0
-        for chunk in plan_chunks(group, self.settings, self.max_clients):
+        for chunk in plan_chunks(group, self.settings, size):
             layout = layout_chunk(self.data, chunk, self.settings, rnd.task.server_round)
             inputs = self._chunk_inputs(rnd, chunk)
             params, losses, c, r = self._train_chunk(
