@@ -70,6 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = check_inputs(config)
     run_dir = simulate(config, args.num_supernodes, args.num_gpus)
     print(f"run directory: {run_dir}")
+    print(f"curves: {run_dir / 'curves.png'}")
     return 0
 
 

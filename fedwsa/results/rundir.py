@@ -1,4 +1,5 @@
-"""Writing a run directory: resolved config, one metrics line per evaluated round, final model.
+"""Writing a run directory: resolved config, one metrics line per evaluated round, final model
+and the curves picture.
 
 Every file is replaced atomically (temp file + rename), so a run killed at any moment leaves
 either the old or the new version of each file, never half of one.
@@ -14,6 +15,7 @@ import torch
 
 from fedwsa.atomic import write_text_atomic
 from fedwsa.config import Config
+from fedwsa.results.curves import CurvesPainter
 from fedwsa.results.files import write_json_atomic
 
 CONFIG_FILE, METRICS_FILE, RESULT_FILE, MODEL_FILE = (
@@ -50,15 +52,19 @@ class RunWriter:
         self.rows: list[dict[str, object]] = list(rows or [])
         path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path / CONFIG_FILE, config.to_dict())
+        self.curves = CurvesPainter(path)
         if rows is not None:
             for stale in (RESULT_FILE, MODEL_FILE):
                 (path / stale).unlink(missing_ok=True)
             self._write_metrics()
+            self.curves.request()
 
     def append_metrics(self, row: dict[str, object]) -> None:
-        """Add one evaluated round (the whole file is rewritten atomically; it is small)."""
+        """Add one evaluated round (the whole file is rewritten atomically; it is small) and
+        have ``curves.png`` redrawn."""
         self.rows.append(row)
         self._write_metrics()
+        self.curves.request()
 
     def _write_metrics(self) -> None:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows)
@@ -69,6 +75,8 @@ class RunWriter:
         torch.save({k: v.detach().cpu() for k, v in params.items()}, tmp)
         tmp.replace(self.path / MODEL_FILE)
 
-    def finish(self, rounds: int, wall_s: float) -> None:
+    def finish(self, rounds: int, wall_s: float) -> Path:
+        """Write the result and the final curves; the curves' PNG path."""
         write_json_atomic(self.path / RESULT_FILE,
                           {"status": "finished", "rounds": rounds, "wall-s": wall_s})
+        return self.curves.close()

@@ -175,7 +175,10 @@ class CellRun:
 
     def finish(self) -> None:
         self.writer.save_model(self.params)
-        self.writer.finish(self.last_round, time.monotonic() - self.t0)
+        curves = self.writer.finish(self.last_round, time.monotonic() - self.t0)
+        log(INFO, "[fedwsa] %sfinished: %s (curves: %s)",
+            "" if self.tag == "run" else f"{self.tag} ", self.run_path.resolve(),
+            curves.resolve())
 
     @property
     def eval_group(self) -> tuple[Any, ...]:
