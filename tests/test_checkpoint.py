@@ -297,3 +297,17 @@ def test_sigkilled_run_resumed_ends_with_the_same_metrics(tmp_path: Path) -> Non
     for name in ref_files:
         assert (run / "client-state" / name).read_bytes() == \
             (ref / "client-state" / name).read_bytes(), name
+
+
+def test_a_key_the_strategy_never_reads_does_not_block_a_resume() -> None:
+    from fedwsa.config import make_config
+    from fedwsa.server.checkpoint import config_differences
+
+    for strategy, differs in (("fedavg", False), ("fedadam", False), ("cart", True),
+                              ("fedwsa-cart", True)):
+        saved = make_config({"strategy": strategy, "cart-lambda": 1.5}).to_dict()
+        now = make_config({"strategy": strategy, "cart-lambda": 0.3}).to_dict()
+        assert bool(config_differences(saved, now)) == differs, strategy
+    saved = make_config({"strategy": "fedavg", "lr": 0.1}).to_dict()
+    assert config_differences(saved, make_config({"strategy": "fedavg"}).to_dict()) == {
+        "lr": (0.1, 0.01)}

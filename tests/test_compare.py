@@ -340,6 +340,21 @@ def test_bad_grid_fails_before_any_run(
     assert not out.exists()  # nothing written
 
 
+def test_a_key_no_cell_reads_does_not_make_a_finished_cell_another_run(
+        grid: SimpleNamespace) -> None:
+    """CART's knobs are read by no fedavg or fedwsa cell: another value of them (a changed
+    default, say) leaves the finished cells skipped; WSA's beta is read by the fedwsa cells,
+    so another value of it is refused for those."""
+    result = run_main(compare_argv(grid.out, "--dry-run",
+                                   base=BASE + " cart-lambda=0.9 cart-rank=0.5"))
+    assert result.rc == 0, result.stderr
+    assert result.stdout.count("finished, skipped") == 4
+    result = run_main(compare_argv(grid.out, "--dry-run", base=BASE + " wsa-beta=0.5"))
+    assert result.rc == 2
+    assert "fedwsa_seed=1 holds a run with a different config (wsa-beta: 0.03 there, 0.5" in (
+        result.stderr)
+
+
 def test_grid_file(grid: SimpleNamespace, tmp_path: Path) -> None:
     """The TOML form of the grid: same cells, same directories as the flags."""
     grid_file = tmp_path / "grid.toml"

@@ -27,7 +27,7 @@ from fedwsa.algorithms.base import (
     ServerPart,
 )
 from fedwsa.algorithms.fedavg import WeightedMean
-from fedwsa.keys import AUTO, ConfigError, auto_number, choice, key, number
+from fedwsa.keys import AUTO, ConfigError, Key, auto_number, choice, key, number
 
 if TYPE_CHECKING:
     from fedwsa.config import Config
@@ -95,6 +95,26 @@ KEYS = (
     *cart.KEYS,
     *scaffold.KEYS,
 )
+
+
+# The keys each part reads: a key that no part of a run's strategy reads cannot change it.
+_PART_KEYS: dict[str, tuple[Key, ...]] = {
+    "fedprox": fedprox.KEYS, "wsa": wsa.KEYS, "scaffold": scaffold.KEYS, "cart": cart.KEYS,
+    "avgm": fedavgm.KEYS, **{kind: fedopt.KEYS for kind in fedopt.DEFAULTS},
+}
+
+
+def unused_keys(strategy: str, server_opt: str) -> frozenset[str]:
+    """The algorithm keys that no part of ``strategy`` (with ``server-opt``) reads, so their
+    values (and a changed default of theirs) do not change what such a run trains."""
+    preset = PRESETS[strategy]
+    opt = server_opt_of(strategy, server_opt)
+    used = {*preset.terms, preset.merge, opt}
+    read = {k.name for part in used for k in _PART_KEYS.get(part, ())}
+    if opt != "none":
+        read.add("server-lr")
+    every = {k.name for keys in _PART_KEYS.values() for k in keys} | {"server-lr"}
+    return frozenset(every - read)
 
 
 def server_opt_of(strategy: str, server_opt: str) -> str:

@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
 NAME = "cart"
 KEYS = (
-    key("cart-rank", 0.32, number(0.0, 1.0, lo_open=True),
+    key("cart-rank", 0.1, number(0.0, 1.0, lo_open=True),
         "CART: kept rank as a fraction of min(rows, cols)."),
-    key("cart-lambda", 1.5, number(0.0), "CART: scale of the low-rank centred updates."),
+    key("cart-lambda", 0.3, number(0.0), "CART: scale of the low-rank centred updates."),
     key("cart-conv", True, boolean(), "CART: treat conv kernels as out x (in*kh*kw) matrices."),
     key("cart-svd", "exact", choice(*SVD_METHODS), "CART: exact or randomized SVD."),
 )

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 NAME = "wsa"
 KEYS = (
-    key("wsa-beta", 1.0, number(0.0), "WSA: weight of the scope KL term (0 = off)."),
+    key("wsa-beta", 0.03, number(0.0), "WSA: weight of the scope KL term (0 = off)."),
     key("wsa-fusion", "mean", choice(*FUSION_RULES), "WSA: how client scopes become the target."),
     key("wsa-layers", "all", any_string(),
         "WSA: 'all' regularised layers, or comma-separated parameter names."),

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from fedwsa.algorithms import unused_keys
 from fedwsa.config import HARMLESS_KEYS, KEYS_BY_NAME, Config, ConfigError, make_config
 from fedwsa.data import train_set_key
 from fedwsa.results.files import (
@@ -353,7 +354,10 @@ def _config_differences(cell: Cell) -> dict[str, tuple[Any, Any]]:
         return {"config.json": (f"unreadable ({err})", "a readable config")}
     wanted = cell.config.to_dict()
     diff = {}
-    for key in sorted((set(stored) | set(wanted)) - HARMLESS_KEYS):
+    # Keys the cell's strategy never reads (a changed default of a CART knob in a FedAvg
+    # cell, say) cannot make the stored run another run.
+    unused = unused_keys(cell.config.strategy, cell.config.server_opt)
+    for key in sorted((set(stored) | set(wanted)) - HARMLESS_KEYS - unused):
         default = KEYS_BY_NAME[key].default if key in KEYS_BY_NAME else None
         old, new = stored.get(key, default), wanted.get(key, default)
         if old != new:

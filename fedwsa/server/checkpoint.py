@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedwsa.algorithms import unused_keys
 from fedwsa.atomic import write_bytes_atomic
 from fedwsa.config import RESUMABLE_KEYS, ConfigError
+from fedwsa.keys import AUTO
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 2  # 2: the strategy state is keyed by algorithm part (fedwsa.algorithms)
@@ -199,10 +201,20 @@ def _short_reason(err: BaseException) -> str:
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]
                        ) -> dict[str, tuple[Any, Any]]:
-    """Keys (outside ``RESUMABLE_KEYS``) whose values differ: key -> (checkpoint, now)."""
-    keys = (set(saved) | set(current)) - RESUMABLE_KEYS
+    """Keys (outside ``RESUMABLE_KEYS``, and read by the run's strategy) whose values differ:
+    key -> (checkpoint, now). A key no part of the strategy reads (``unused_keys``: a CART knob
+    in a FedAvg run, say) cannot make the checkpoint another run's, so a changed default of it
+    does not block a resume."""
+    keys = (set(saved) | set(current)) - RESUMABLE_KEYS - _unused(current)
     return {k: (saved.get(k), current.get(k)) for k in sorted(keys)
             if saved.get(k) != current.get(k)}
+
+
+def _unused(config: Mapping[str, Any]) -> frozenset[str]:
+    try:
+        return unused_keys(str(config["strategy"]), str(config.get("server-opt", AUTO)))
+    except (KeyError, ConfigError):  # an unknown strategy: every key counts
+        return frozenset()
 
 
 def check_compatible(ckpt: Checkpoint, current: Mapping[str, Any], run_dir: str) -> None:
