@@ -63,10 +63,12 @@ def number(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool
     return text, check
 
 
+ROUND_SCHEDULE = re.compile(r"none|last|every-([1-9][0-9]*)")
+"""``none``, ``last`` or ``every-N`` (N in group 1): which rounds something is kept for."""
+
+
 def round_schedule() -> Spec:
-    """``none``, ``last`` or ``every-N``: which rounds something is kept for."""
-    pattern = re.compile(r"none|last|every-[1-9][0-9]*")
-    return "none, last or every-N (N >= 1)", lambda v: pattern.fullmatch(v) is not None
+    return "none, last or every-N (N >= 1)", lambda v: ROUND_SCHEDULE.fullmatch(v) is not None
 
 
 def any_string() -> Spec:

@@ -15,9 +15,8 @@ from torch.nn import functional as F
 
 from fedwsa.analysis.sources import EvalData, Weights
 from fedwsa.data import normalize
-from fedwsa.server.evaluation import models_per_pass
+from fedwsa.server.evaluation import EVAL_BATCH, models_per_pass
 
-EVAL_BATCH = 1000
 MAGNITUDES = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 """Factors every weight is scaled by (the paper's code spans 0.5 to 100)."""
 

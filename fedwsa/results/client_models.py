@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from fedwsa.atomic import write_bytes_atomic
+from fedwsa.keys import ROUND_SCHEDULE
 
 __all__ = ["CLIENT_MODELS_DIR", "ClientModels", "disk_cost_line", "load_client_models",
            "prune_client_models", "rounds_to_save", "save_client_models", "saved_rounds",
@@ -26,7 +27,6 @@ __all__ = ["CLIENT_MODELS_DIR", "ClientModels", "disk_cost_line", "load_client_m
 
 CLIENT_MODELS_DIR = "client-models"
 _IDS, _EXAMPLES = "client-ids", "num-examples"
-_EVERY = re.compile(r"every-([1-9][0-9]*)")
 
 
 @dataclass(frozen=True)
@@ -47,15 +47,14 @@ class ClientModels:
 def saves_round(schedule: str, server_round: int, last_round: int) -> bool:
     """Does ``schedule`` keep the clients of ``server_round``? ``every-N`` keeps rounds N, 2N,
     ... and the last one, so the final clients are always there."""
-    if schedule == "none":
-        return False
-    if schedule == "last":
-        return server_round == last_round
-    match = _EVERY.fullmatch(schedule)
+    match = ROUND_SCHEDULE.fullmatch(schedule)
     if match is None:
         raise ValueError(f"save-client-models={schedule!r} is not a schedule; accepted: none, "
                          f"last or every-N (N >= 1)")
-    return server_round % int(match.group(1)) == 0 or server_round == last_round
+    if schedule == "none":
+        return False
+    every = int(match.group(1)) if match.group(1) else None
+    return server_round == last_round or (every is not None and server_round % every == 0)
 
 
 def rounds_to_save(schedule: str, last_round: int) -> list[int]:
