@@ -89,6 +89,9 @@ KEYS: tuple[Key, ...] = (
     key("save-client-models", "none", round_schedule(),
         "Keep the sampled clients' trained weights of these rounds in run-dir/client-models "
         "(every-N: rounds N, 2N, ... and the last), for fedwsa analyze."),
+    key("tensorboard", True, boolean(),
+        "Write TensorBoard event files to run-dir/tensorboard (tensorboard --logdir EXP "
+        "overlays a compare experiment's runs)."),
     key("resume", False, boolean(),
          "Continue the run in run-dir from its last checkpoint."),
     key("min-clients", 1, integer(1),
@@ -109,6 +112,7 @@ RESUMABLE_KEYS: frozenset[str] = frozenset({
     "max-batched-clients",  # a memory knob: lower it after running out of GPU memory
     "scaffold-store",       # the store may have been moved (its id is checked on resume)
     "save-client-models",   # what is kept from now on, never what is trained
+    "tensorboard",          # what is logged from now on, never what is trained
 })
 """Config keys that may differ between a checkpoint and the run that resumes it.
 
@@ -118,7 +122,7 @@ refused (the message names each differing key and both values).
 
 HARMLESS_KEYS: frozenset[str] = frozenset(
     {"run-dir", "resume", "device", "data-root", "max-batched-clients", "checkpoint-every",
-     "scaffold-store"})
+     "scaffold-store", "tensorboard"})
 """Keys that change neither what a run trains nor what it records (bookkeeping, and where or
 how fast it runs): ``compare`` lets a cell's directory differ from the grid in these."""
 assert HARMLESS_KEYS <= RESUMABLE_KEYS <= set(KEYS_BY_NAME)
@@ -177,6 +181,7 @@ class Config:
     scaffold_store: str
     checkpoint_every: int
     save_client_models: str
+    tensorboard: bool
     resume: bool
     min_clients: int
     fail_rate: float

@@ -53,7 +53,9 @@ def integer(lo: int, hi: float = math.inf) -> Spec:
 def number(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False
            ) -> Spec:
     left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-    text = f"a number in {left}{lo}, {hi}{right}"
+    # Only finite numbers pass (``check``): an open top end reads as a bound, not as "inf".
+    text = (f"a finite number {'>' if lo_open else '>='} {lo:g}" if hi == math.inf
+            else f"a number in {left}{lo:g}, {hi:g}{right}")
 
     def check(v: float) -> bool:
         above = v > lo if lo_open else v >= lo

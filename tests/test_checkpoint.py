@@ -35,7 +35,7 @@ from fedwsa.server.checkpoint import (
 from fedwsa.server.simulation import simulate
 from fedwsa.strategies import CohortStrategy
 
-TIMING_KEYS = {"elapsed-s", "node-train-s"}  # wall-clock numbers, different in every run
+TIMING_KEYS = {"elapsed-s", "node-train-s", "round-s"}  # wall-clock numbers, different in every run
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -95,9 +95,13 @@ def test_loading_never_runs_code_from_the_file(tmp_path: Path) -> None:
     payload = {"format": 1, "round": 1, "config": "{}", "params": {}, "rng": {},
                "strategy": {"x": _Planted(marker)}, "metrics": "[]", "elapsed-s": 0.0}
     torch.save(payload, tmp_path / CHECKPOINT_FILE)
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="cannot be read") as refused:
         load_checkpoint(tmp_path)
     assert not marker.exists()
+    # The message says what the file is and never passes on torch's advice to unpickle it.
+    text = str(refused.value)
+    assert "not a fedwsa checkpoint" in text and "never unpickles" in text
+    assert "weights_only=False" not in text and "weights_only` set to `False" not in text
     torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)  # the full unpickler would run it
     assert marker.exists()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from fedwsa.config import make_config
 from fedwsa.server.simulation import simulate
 
-TIMING_KEYS = {"elapsed-s", "node-train-s"}  # wall-clock numbers, different in every run
+TIMING_KEYS = {"elapsed-s", "node-train-s", "round-s"}  # wall-clock numbers, different in every run
 
 
 def rows(run_dir: Path) -> list[dict]:

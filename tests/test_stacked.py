@@ -21,7 +21,7 @@ from fedwsa.experiments.compare import build_spec, run_grid
 from fedwsa.protocol import bundle, error_content, error_of, unbundle
 from fedwsa.server.inprocess import run_cells_in_process, run_in_process
 
-TIMING = {"elapsed-s", "node-train-s"}
+TIMING = {"elapsed-s", "node-train-s", "round-s"}
 BASE = {"dataset": "synthetic", "num-clients": 4, "num-server-rounds": 2, "batch-size": 64,
         "partition": "dirichlet", "alpha": 0.3}
 # Other client objectives, other server steps. (A sign-like server optimiser such as FedAdam
@@ -228,7 +228,11 @@ def test_a_diverging_cell_fails_honestly_and_the_others_go_on(
     # Every client diverged: each is recorded as failed and the global model was kept.
     assert last["clients-failed"] == last["clients-sampled"] == 4
     assert last["global-updated"] == 0
-    assert result.failed == []  # the run itself went through all its rounds
+    # The run went through all its rounds but never updated its model: that is said, not
+    # passed off as a finished run (issue 17: a distinct status, and compare reports it).
+    assert json.loads((bad / "result.json").read_text())["status"] == "no-update"
+    assert [(c.path.name, why) for c, why in result.failed] == [
+        (bad.name, "no round updated the global model (every client failed)")]
 
 
 def test_a_cell_whose_server_side_fails_is_set_aside(

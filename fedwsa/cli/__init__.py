@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedwsa import stop
 from fedwsa.config import (
     RESUMABLE_KEYS,
     Config,
@@ -17,6 +19,10 @@ from fedwsa.config import (
     markdown_table,
     parse_overrides,
 )
+from fedwsa.dirs import check_writable, exclusive
+from fedwsa.results.files import NO_UPDATE, TruncatedMetricsWarning, read_result
+from fedwsa.results.tensorboard import TENSORBOARD_DIR
+from fedwsa.server.checkpoint import CHECKPOINT_FILE
 from fedwsa.server.simulation import simulate
 
 # Flower's own key=value pattern (flwr.common.config.parse_config_args), which silently drops
@@ -52,6 +58,12 @@ def check_inputs(config: Config) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    stop.clear()
+    with stop.on_signals():  # until Ray starts, and again after (simulation.ray_session)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.resume:
         from fedwsa.server.preflight import resume_config
 
@@ -68,10 +80,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():  # Ray would build no actor and the run would hang
             raise ConfigError("--num-gpus", args.num_gpus, "0 (no CUDA device is visible here)")
     config = check_inputs(config)
-    run_dir = simulate(config, args.num_supernodes, args.num_gpus)
+    run_dir = Path(config.run_dir)
+    check_writable("run-dir", run_dir)
+    if stop.requested() is not None:
+        print("fedwsa: interrupted before the run started; nothing was written",
+              file=sys.stderr)
+        return stop.exit_status()
+    with exclusive(run_dir, "run-dir"):  # a second writer of run_dir stops here, status 2
+        simulate(config, args.num_supernodes, args.num_gpus, ray_address=args.ray_address)
+    if stop.stopped_after() is not None:
+        return _interrupted(run_dir, stop.stopped_after() or 0)
+    result = read_result(run_dir) or {}
     print(f"run directory: {run_dir}")
     print(f"curves: {run_dir / 'curves.png'}")
+    if (run_dir / TENSORBOARD_DIR).is_dir():
+        print(f"tensorboard: tensorboard --logdir {run_dir}")
+    kept, rounds = result.get("rounds-without-update", 0), result.get("rounds", 0)
+    if result.get("status") == NO_UPDATE:
+        print(f"fedwsa: error: no round updated the global model ({kept} of {rounds} rounds "
+              f"without an update: every client failed); see {run_dir / 'result.json'}",
+              file=sys.stderr)
+        return NO_UPDATE_STATUS
+    print(f"rounds without an update: {kept} of {rounds}")
     return 0
+
+
+NO_UPDATE_STATUS = 3
+"""Exit status of ``fedwsa run`` when no round updated the model (2 is bad input)."""
+
+
+def _interrupted(run_dir: Path, after: int) -> int:
+    if (run_dir / CHECKPOINT_FILE).is_file():
+        hint = f"continue with `fedwsa run --resume {run_dir}`"
+    else:
+        hint = (f"{run_dir} holds no checkpoint to resume from (checkpoint-every=0, or no "
+                "round had finished): remove it and start again")
+    print(f"fedwsa: interrupted after round {after}; {hint}", file=sys.stderr)
+    return stop.exit_status()
 
 
 def cmd_partitions(args: argparse.Namespace) -> int:
@@ -128,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue RUN_DIR from its last checkpoint (its config; -c may only "
                           "change " + ", ".join(sorted(RESUMABLE_KEYS - {"resume", "run-dir"}))
                           + ")")
+    run.add_argument("--ray-address", help="join this running Ray cluster (e.g. auto, or "
+                     "HEAD_IP:6379) instead of starting Ray here; Ray's RAY_ADDRESS works too")
     run.set_defaults(func=cmd_run)
 
     parts = sub.add_parser("partitions", help="partition statistics and a heat map")
@@ -175,11 +222,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TruncatedMetricsWarning)
+        warnings.showwarning = _one_line_warning(warnings.showwarning)
+        return _main(args)
+
+
+def _one_line_warning(fallback: Callable[..., None]) -> Callable[..., None]:
+    """Show fedwsa's own warnings as one ``fedwsa: warning:`` line each, once per command."""
+    shown: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
+        if not issubclass(category, TruncatedMetricsWarning):
+            fallback(message, category, *args, **kw)
+        elif str(message) not in shown:
+            shown.add(str(message))
+            print(f"fedwsa: warning: {message}", file=sys.stderr)
+
+    return show
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except (ConfigError, ValueError) as err:  # bad input: one clear line, status 2
         text = " ".join(str(err).split())  # one line, whatever the message holds
         print(f"fedwsa: error: {text}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a run's safe points (fedwsa.stop): nothing half-done
+        print("fedwsa: interrupted", file=sys.stderr)
+        return 130
 
 

@@ -13,7 +13,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from fedwsa import stop
 from fedwsa.config import STRATEGIES, ConfigError, parse_overrides
+from fedwsa.dirs import check_writable
 
 COMPARE_HELP = """\
 Run every combination of strategies x seeds x swept values over shared base keys, one run
@@ -54,6 +56,7 @@ def _missing_dirs_are_bad_input() -> Iterator[None]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from fedwsa.experiments.compare import (
+        Interrupted,
         build_spec,
         describe_plan,
         parse_list,
@@ -79,20 +82,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{len(cells)} run(s) in {out} (nothing run, nothing written):")
         print(describe_plan(plan))
         return 0
+    stop.clear()
     try:
-        result = run_grid(
-            spec, out, num_supernodes=args.num_supernodes, num_gpus=args.num_gpus,
-            target_accuracy=target, progress=args.progress, one_by_one=args.one_by_one,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        print("fedwsa: interrupted; re-run the same command to skip the finished runs and "
-              "resume the rest", file=sys.stderr)  # fmt: skip
-        return 130
+        with stop.on_signals():  # between cells; simulation.ray_session takes over in a run
+            result = run_grid(
+                spec, out, num_supernodes=args.num_supernodes, num_gpus=args.num_gpus,
+                target_accuracy=target, progress=args.progress, one_by_one=args.one_by_one,
+                ray_address=args.ray_address,
+            )  # fmt: skip
+    except (Interrupted, KeyboardInterrupt) as err:
+        after = err.args[0] if isinstance(err, Interrupted) and err.args[0] is not None else None
+        where = "" if after is None else f" after round {after}"
+        print(f"fedwsa: interrupted{where}; re-run the same command to skip the finished runs "
+              "and resume the rest", file=sys.stderr)  # fmt: skip
+        return stop.exit_status()
     print(result.summary)
     print(f"summary: {result.out / 'summary.md'}, {result.out / 'summary.csv'}, "
           f"{result.out / 'runs.csv'}")
     if result.figures:
         print("figure: " + ", ".join(str(p) for p in result.figures))
+    if any(result.out.glob("*/tensorboard")):
+        print(f"tensorboard: tensorboard --logdir {result.out}")
     for cell, reason in result.failed:
         print(f"fedwsa: run failed: {cell.path}: {reason}", file=sys.stderr)
     if result.failed:
@@ -106,6 +116,8 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     from fedwsa.results.summary import write_summary
 
     exp = Path(args.dir)
+    if exp.is_dir():  # a missing one is reported below, as "not a directory"
+        check_writable("summarize DIR", exp)
     with _missing_dirs_are_bad_input():
         markdown = write_summary(exp, parse_target(args.target),
                                  include_unfinished=args.include_unfinished)  # fmt: skip
@@ -125,12 +137,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from fedwsa.results.plots import plot_accuracy_and_loss, plot_runs, save_figure
 
     include = not args.finished_only
+    stem = Path(args.out) if args.out else default_plot_stem(args.dirs, args.metric)
+    check_writable("--out" if args.out else "plot DIR", stem.parent)
     with _missing_dirs_are_bad_input():
         if args.metric is None:
             fig = plot_accuracy_and_loss(args.dirs, title=args.title, include_unfinished=include)
         else:
             fig = plot_runs(args.dirs, args.metric, title=args.title, include_unfinished=include)
-    stem = Path(args.out) if args.out else default_plot_stem(args.dirs, args.metric)
     for path in save_figure(fig, stem):
         print(f"figure: {path}")
     return 0
@@ -183,6 +196,8 @@ def add_result_commands(sub: argparse._SubParsersAction) -> None:
         help="run the cells one after another, one Flower run each (default: the cells of "
         "one dataset run together as one federation)",
     )
+    compare.add_argument("--ray-address", help="join this running Ray cluster (e.g. auto, or "
+                         "HEAD_IP:6379) instead of starting Ray here")
     compare.add_argument(
         "--dry-run",
         action="store_true",

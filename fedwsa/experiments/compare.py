@@ -21,6 +21,7 @@ and run again.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -32,14 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from fedwsa import stop
 from fedwsa.algorithms import unused_keys
 from fedwsa.config import HARMLESS_KEYS, KEYS_BY_NAME, Config, ConfigError, make_config
 from fedwsa.data import train_set_key
+from fedwsa.dirs import check_writable, exclusive
 from fedwsa.results.files import (
     GRID_FILE,
+    NO_UPDATE,
     format_value,
     is_finished,
     read_config,
+    read_result,
     write_json_atomic,
 )
 
@@ -500,6 +505,7 @@ def run_grid(
     one_by_one: bool = False,
     simulate: Callable[[Config, int, float], Path] | None = None,
     simulate_cells: Callable[[list[Config], int, float], dict[str, str | None]] | None = None,
+    ray_address: str | None = None,
 ) -> GridResult:
     """Run every unfinished cell of ``spec`` under ``out``, then write summary and figures.
 
@@ -509,19 +515,36 @@ def run_grid(
     strategy, model, RNG streams, run directory and checkpoints. ``one_by_one`` runs them one
     after another through ``simulate`` instead (today's layout, one Flower start per run). A
     cell whose run fails or ends without ``result.json`` is reported in ``GridResult.failed``;
-    the other cells still run.
+    the other cells still run. ``out`` is held for this process (``fedwsa.dirs.exclusive``);
+    SIGINT/SIGTERM stop the grid at the next round or cell and raise ``Interrupted``.
     """
-    from fedwsa.experiments.progress import GridProgress
-    from fedwsa.server import simulation
-
     out = Path(out)
     stream = sys.stderr if stream is None else stream
     if num_supernodes < 1:
         raise ConfigError("--num-supernodes", num_supernodes, "an integer >= 1")
     if num_gpus < 0:
         raise ConfigError("--num-gpus", num_gpus, "a number >= 0")
+    check_writable("--out", out)
     cells, plan = prepare(spec, out)
-    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out, "--out"):  # a second compare on this --out stops here, status 2
+        return _run_plan(spec, out, cells, plan, stream, num_supernodes, num_gpus,
+                         target_accuracy, progress, one_by_one, simulate, simulate_cells,
+                         ray_address)
+
+
+class Interrupted(Exception):
+    """The grid stopped at a safe point on SIGINT/SIGTERM (``fedwsa.stop``)."""
+
+
+def _run_plan(spec: GridSpec, out: Path, cells: list[Cell], plan: Plan, stream: TextIO,
+              num_supernodes: int, num_gpus: float, target_accuracy: float | None,
+              progress: str, one_by_one: bool,
+              simulate: Callable[..., Path] | None,
+              simulate_cells: Callable[..., dict[str, str | None]] | None,
+              ray_address: str | None) -> GridResult:
+    from fedwsa.experiments.progress import GridProgress
+    from fedwsa.server import simulation
+
     write_json_atomic(out / GRID_FILE, grid_record(spec, cells))
     print(
         f"compare: {len(cells)} run(s) in {out}: {plan.count('skip')} finished, "
@@ -552,11 +575,14 @@ def run_grid(
             shutil.rmtree(cell.path)
             bar.write(f"compare: {cell.label}: unfinished without a checkpoint, restarting")
         todo.append((cell, cell_config(cell, action)))
-    run_one = simulate or simulation.simulate
-    run_many = simulate_cells or simulation.simulate_cells
+    run_one = simulate or functools.partial(simulation.simulate, ray_address=ray_address)
+    run_many = simulate_cells or functools.partial(simulation.simulate_cells,
+                                                   ray_address=ray_address)
     groups = [[item] for item in todo] if one_by_one else stack_groups(todo)
     try:
         for group in groups:
+            if stop.requested() is not None:  # asked between two groups: start no other
+                raise Interrupted(None)
             if len(group) > 1:
                 bar.write(f"compare: {len(group)} runs as one federation: "
                           + ", ".join(cell.label for cell, _ in group))
@@ -570,9 +596,14 @@ def run_grid(
                                           num_gpus)
                 except Exception as err:  # one failed federation must not cost the others
                     errors = {str(c.path): f"{type(err).__name__}: {err}" for c, _ in group}
+            if stop.requested() is not None:  # the runs stopped at a round, or between cells
+                raise Interrupted(stop.stopped_after())
             for cell, _ in group:
                 error = errors.get(str(cell.path))
-                if error is None and not is_finished(cell.path):
+                status = (read_result(cell.path) or {}).get("status")
+                if error is None and status == NO_UPDATE:
+                    error = "no round updated the global model (every client failed)"
+                elif error is None and not is_finished(cell.path):
                     error = "the run ended without result.json"
                 if error is not None:
                     failed.append((cell, error))

@@ -8,7 +8,8 @@ Run directory::
 
     RUN/config.json     resolved config, kebab-case keys
     RUN/metrics.jsonl   one JSON object per evaluated round (``round``, ``elapsed-s``, ...)
-    RUN/result.json     only when the run finished: {"status": "finished", "rounds", "wall-s"}
+    RUN/result.json     only when the run ended: {"status": "finished" (or "no-update": no
+                        round updated the model), "rounds", "rounds-without-update", "wall-s"}
 
 An experiment directory holds run directories as immediate subfolders and optionally
 ``grid.json`` (``{"strategies", "seeds", "sweep": {key: [values]}, "base"}``). Folder names are
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,9 +69,9 @@ def read_metrics(run_dir: PathLike) -> list[dict[str, Any]]:
     """Return the per-round metric records of a run, in file order.
 
     A run that is still going (or was killed) may have a torn last line; it is skipped, since
-    it is simply a record that was not complete yet. A malformed line anywhere else means the
-    file is corrupt and raises ``ValueError``. A missing file means no round was evaluated yet
-    and gives ``[]``.
+    it is simply a record that was not complete yet, with a ``TruncatedMetricsWarning`` naming
+    the file. A malformed line anywhere else means the file is corrupt and raises
+    ``ValueError``. A missing file means no round was evaluated yet and gives ``[]``.
     """
     path = Path(run_dir) / METRICS_FILE
     try:
@@ -83,14 +85,26 @@ def read_metrics(run_dir: PathLike) -> list[dict[str, Any]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             if i == len(lines) - 1:
-                break  # torn last line of a file that is being written
+                _warn_truncated(path, lineno)  # torn last line of a file being written
+                break
             raise ValueError(f"{path}:{lineno}: malformed metrics line: {exc}") from exc
         if not isinstance(obj, dict):
             if i == len(lines) - 1:
-                break  # a truncated record can still parse as a bare number
+                _warn_truncated(path, lineno)  # a truncated record can parse as a number
+                break
             raise ValueError(f"{path}:{lineno}: expected a JSON object per line")
         records.append(obj)
     return records
+
+
+class TruncatedMetricsWarning(UserWarning):
+    """A metrics file's last line was cut off (its run is writing it, or was killed)."""
+
+
+def _warn_truncated(path: Path, lineno: int) -> None:
+    warnings.warn(TruncatedMetricsWarning(
+        f"{path}:{lineno}: skipped a truncated last line (the run is still writing it, or "
+        "was stopped while writing it)"), stacklevel=3)
 
 
 def read_result(run_dir: PathLike) -> dict[str, Any] | None:
@@ -103,10 +117,17 @@ def read_result(run_dir: PathLike) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+NO_UPDATE = "no-update"
+"""``result.json`` status of a run that ended without any round updating its model."""
+ENDED = ("finished", NO_UPDATE)
+"""``result.json`` statuses of a run that went through all its rounds (a ``no-update`` run
+would repeat itself if re-run)."""
+
+
 def is_finished(run_dir: PathLike) -> bool:
-    """True when the run wrote ``result.json`` with ``"status": "finished"``."""
+    """True when the run wrote ``result.json`` with a status of ``ENDED``."""
     result = read_result(run_dir)
-    return result is not None and result.get("status") == "finished"
+    return result is not None and result.get("status") in ENDED
 
 
 def wall_seconds(run_dir: PathLike, metrics: Sequence[dict[str, Any]] | None = None) -> float:

@@ -300,9 +300,13 @@ def save_figure(fig: Figure, out_stem: PathLike) -> list[Path]:
     """Save ``fig`` as ``<out_stem>.png`` (150 dpi) and ``<out_stem>.svg``; returns the paths.
 
     The suffix is appended rather than substituted, so stems like ``alpha=0.1`` keep their
-    dots. Files are written atomically; the SVG carries no date so reruns diff cleanly.
+    dots; a stem given with ``.png`` or ``.svg`` loses it first (``p.png`` -> ``p.png`` and
+    ``p.svg``, not ``p.png.png``). Files are written atomically; the SVG carries no date so
+    reruns diff cleanly.
     """
     stem = str(out_stem)
+    if stem.lower().endswith((".png", ".svg")):
+        stem = stem[:-4]
     written: list[Path] = []
     for fmt, extra in (("png", {"dpi": 150}), ("svg", {"metadata": {"Date": None}})):
         buffer = io.BytesIO()

@@ -16,7 +16,8 @@ import torch
 from fedwsa.atomic import write_text_atomic
 from fedwsa.config import Config
 from fedwsa.results.curves import CurvesPainter
-from fedwsa.results.files import write_json_atomic
+from fedwsa.results.files import NO_UPDATE, write_json_atomic
+from fedwsa.results.tensorboard import TensorBoardLog
 
 CONFIG_FILE, METRICS_FILE, RESULT_FILE, MODEL_FILE = (
     "config.json", "metrics.jsonl", "result.json", "model.pt",
@@ -41,18 +42,21 @@ def run_state(path: Path) -> str:
 class RunWriter:
     """Owns one run directory for the duration of a run.
 
-    ``rows`` continues a resumed run: the metrics file is rewritten at once to exactly these
-    rows (those of rounds after the checkpoint are dropped), and the previous final model and
-    result are removed until this run writes its own.
+    ``rows`` continues a resumed run at ``first_round``: the metrics file is rewritten at once
+    to exactly these rows (those of rounds after the checkpoint are dropped), and the previous
+    final model and result are removed until this run writes its own. With the ``tensorboard``
+    key, every row also goes to TensorBoard (``fedwsa.results.tensorboard``).
     """
 
     def __init__(self, path: Path, config: Config,
-                 rows: list[dict[str, object]] | None = None) -> None:
+                 rows: list[dict[str, object]] | None = None, first_round: int = 1) -> None:
         self.path = path
         self.rows: list[dict[str, object]] = list(rows or [])
         path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path / CONFIG_FILE, config.to_dict())
         self.curves = CurvesPainter(path)
+        self.tensorboard = (TensorBoardLog(path, None if rows is None else first_round)
+                            if config.tensorboard else None)
         if rows is not None:
             for stale in (RESULT_FILE, MODEL_FILE):
                 (path / stale).unlink(missing_ok=True)
@@ -65,6 +69,13 @@ class RunWriter:
         self.rows.append(row)
         self._write_metrics()
         self.curves.request()
+        if self.tensorboard is not None:
+            self.tensorboard.record(row)
+
+    def client_losses(self, server_round: int, losses: list[float]) -> None:
+        """The round's per-client train losses (TensorBoard's histogram, when it is on)."""
+        if self.tensorboard is not None:
+            self.tensorboard.client_losses(server_round, losses)
 
     def _write_metrics(self) -> None:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows)
@@ -75,8 +86,23 @@ class RunWriter:
         torch.save({k: v.detach().cpu() for k, v in params.items()}, tmp)
         tmp.replace(self.path / MODEL_FILE)
 
-    def finish(self, rounds: int, wall_s: float) -> Path:
-        """Write the result and the final curves; the curves' PNG path."""
-        write_json_atomic(self.path / RESULT_FILE,
-                          {"status": "finished", "rounds": rounds, "wall-s": wall_s})
+    status = "running"
+
+    def finish(self, rounds: int, wall_s: float, rounds_without_update: int = 0) -> Path:
+        """Write the result and the final curves; the curves' PNG path.
+
+        ``status`` is ``"finished"``, or ``NO_UPDATE`` when no round updated the global model
+        (every client of every round failed): such a run is over but trained nothing."""
+        self.status = NO_UPDATE if rounds and rounds_without_update >= rounds else "finished"
+        write_json_atomic(self.path / RESULT_FILE, {
+            "status": self.status, "rounds": rounds,
+            "rounds-without-update": rounds_without_update, "wall-s": wall_s})
+        return self.close()
+
+    def close(self) -> Path:
+        """Draw the curves a last time and close the event files (again: a no-op); the
+        curves' PNG path."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         return self.curves.close()

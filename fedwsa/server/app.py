@@ -19,9 +19,11 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from fedwsa import stop
 from fedwsa.config import Config, make_config
 from fedwsa.data import load_dataset, pixel_stats, train_set_key
 from fedwsa.device import resolve_device
+from fedwsa.dirs import exclusive
 from fedwsa.models import build_model, check_functional
 from fedwsa.protocol import NodeAnswer, bundle, error_of, from_arrays, to_arrays, unbundle
 from fedwsa.results.client_models import (
@@ -116,15 +118,24 @@ class CellRun:
         self.params = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         self.first_round = 1
         self.failure: Exception | None = None  # set aside by run_cells
+        self.rounds_without_update = 0  # rounds whose clients all failed: the model was kept
         if ckpt is not None:
             self.params = {k: v.to(device) for k, v in ckpt.params.items()}
             self.strategy.load_state_dict(ckpt.strategy)
             restore_rng(ckpt.rng)
             self.t0 -= ckpt.elapsed_s  # elapsed-s goes on from the checkpoint
             self.first_round = ckpt.round + 1
+            self.rounds_without_update = ckpt.rounds_without_update
             log(INFO, "[fedwsa] resuming %s after round %d", self.run_path.resolve(), ckpt.round)
+        self.closed_round = self.checkpointed_round = self.first_round - 1
+        self._round_started = time.monotonic()
+        # One writer per run directory: a second process on it stops here (fedwsa run and
+        # compare ask first, before any work; nested holds in one process are counted).
+        self._hold = exclusive(self.run_path, "run-dir")
+        self._hold.__enter__()
         self.writer = RunWriter(self.run_path, config,
-                                rows=None if ckpt is None else ckpt.metrics)
+                                rows=None if ckpt is None else ckpt.metrics,
+                                first_round=self.first_round)
         if config.save_client_models != "none":
             if ckpt is not None:
                 prune_client_models(self.run_path, after=ckpt.round)
@@ -135,6 +146,13 @@ class CellRun:
         self.arrays = to_arrays(self.params)
         self._rng = capture_rng()  # each run keeps its own global RNG stream (own_rng)
         log(INFO, "[fedwsa] run directory: %s", self.run_path.resolve())
+
+    def release(self) -> None:
+        """Give the run directory up (the end of the process would too)."""
+        if self._hold is not None:
+            self.writer.close()
+            self._hold.__exit__(None, None, None)
+            self._hold = None
 
     @contextlib.contextmanager
     def own_rng(self) -> Iterator[None]:
@@ -175,9 +193,11 @@ class CellRun:
 
     def finish(self) -> None:
         self.writer.save_model(self.params)
-        curves = self.writer.finish(self.last_round, time.monotonic() - self.t0)
-        log(INFO, "[fedwsa] %sfinished: %s (curves: %s)",
-            "" if self.tag == "run" else f"{self.tag} ", self.run_path.resolve(),
+        curves = self.writer.finish(self.last_round, time.monotonic() - self.t0,
+                                    self.rounds_without_update)
+        log(INFO, "[fedwsa] %s%s: %s (%d of %d rounds without an update; curves: %s)",
+            "" if self.tag == "run" else f"{self.tag} ", self.writer.status,
+            self.run_path.resolve(), self.rounds_without_update, self.last_round,
             curves.resolve())
 
     @property
@@ -207,6 +227,8 @@ class CellRun:
             "clients-sampled": int(round_metrics.get("clients-sampled", 0)),
             "clients-failed": int(round_metrics.get("clients-failed", 0)),
         }
+        if server_round > 0:  # the round's wall time, from its requests to its evaluation
+            row["round-s"] = round(time.monotonic() - self._round_started, 3)
         row.update({k: v for k, v in round_metrics.items() if k not in row})
         self.writer.append_metrics(row)
         log(INFO, "[fedwsa] %sround %d/%d: test-accuracy=%.4f test-loss=%.4f train-loss=%s",
@@ -215,6 +237,7 @@ class CellRun:
 
     def requests(self, server_round: int, grid: Grid) -> list[Message]:
         """This round's train Messages (one per node)."""
+        self._round_started = time.monotonic()
         with self.own_rng():
             return list(self.strategy.configure_train(server_round, self.arrays,
                                                       ConfigRecord(), grid))
@@ -226,6 +249,8 @@ class CellRun:
         if new_arrays is not None:
             self.arrays = new_arrays
             self.params = {k: v.to(self.device) for k, v in from_arrays(new_arrays).items()}
+        else:
+            self.rounds_without_update += 1
         return dict(metrics or {})
 
     def close_round(self, server_round: int, round_metrics: dict[str, float],
@@ -240,21 +265,38 @@ class CellRun:
         last = server_round == self.last_round
         if evaluation is not None:
             self.record_round(server_round, round_metrics, evaluation)
-        # Kept before the checkpoint, so that every checkpointed round has its file.
         updates = self.strategy.last_updates
+        if updates is not None and updates.client_ids:
+            self.writer.client_losses(server_round, [float(v) for v in updates.train_loss])
+        # Kept before the checkpoint, so that every checkpointed round has its file.
         keep = saves_round(self.config.save_client_models, server_round, self.last_round)
         if keep and updates is not None and updates.client_ids:
             save_client_models(self.run_path, server_round, updates.client_ids,
                                updates.num_examples.tolist(), updates.params)
+        self.closed_round = server_round
         every = self.config.checkpoint_every
         if every and (server_round % every == 0 or last):
-            save_checkpoint(self.run_path, Checkpoint(
-                round=server_round, config=self.config.to_dict(), params=self.params,
-                strategy=self.strategy.state_dict(), rng=capture_rng(),
-                metrics=list(self.writer.rows), elapsed_s=time.monotonic() - self.t0))
-            self.strategy.committed()
+            self._checkpoint()
         if last:
             self.finish()
+
+    def _checkpoint(self) -> None:
+        save_checkpoint(self.run_path, Checkpoint(
+            round=self.closed_round, config=self.config.to_dict(), params=self.params,
+            strategy=self.strategy.state_dict(), rng=capture_rng(),
+            metrics=list(self.writer.rows), elapsed_s=time.monotonic() - self.t0,
+            rounds_without_update=self.rounds_without_update))
+        self.checkpointed_round = self.closed_round
+        self.strategy.committed()
+
+    def interrupt(self) -> None:
+        """Stopped between rounds (``fedwsa.stop``): checkpoint the last finished round if the
+        schedule skipped it, so a resume loses nothing; the curves are drawn as they are."""
+        with self.own_rng():
+            if (self.config.checkpoint_every and self.closed_round > 0
+                    and self.closed_round > self.checkpointed_round):
+                self._checkpoint()
+        self.writer.close()
 
 
 def run_cells(grid: Grid, runs: list[CellRun]) -> None:
@@ -278,6 +320,12 @@ def run_cells(grid: Grid, runs: list[CellRun]) -> None:
         active = [run for run in runs if run.active(server_round)]
         if not active:
             continue
+        if stop.requested() is not None:  # a safe point: every run's last round is closed
+            for run in active:
+                _guarded(run, run.interrupt)
+            stop.note_stopped_after(server_round - 1)
+            log(WARNING, "[fedwsa] interrupted after round %d", server_round - 1)
+            return
         per_node: dict[int, dict[str, RecordDict]] = {}
         for run in active:
             for msg in _guarded(run, functools.partial(run.requests, server_round, grid)) or []:
@@ -348,7 +396,10 @@ def run_federation(grid: Grid, config: Config) -> Path:
     exists.
     """
     run = CellRun(config)
-    run_cells(grid, [run])
+    try:
+        run_cells(grid, [run])
+    finally:
+        run.release()
     if run.failure is not None:  # alone in its federation: its failure is the run's
         raise run.failure
     return run.run_path
@@ -375,6 +426,8 @@ def run_configs(grid: Grid, configs: list[Config],
         raise
     finally:
         outcome.update({str(run.config.run_dir): run.error for run in runs})
+        for run in runs:
+            run.release()
     return outcome
 
 

@@ -7,7 +7,8 @@ opening a checkpoint can never run code) holds:
 - ``strategy``: ``strategy.state_dict()`` (WSA targets, server optimiser state, ...);
 - ``rng``: the server process's torch CPU/CUDA, numpy and Python ``random`` states;
 - ``metrics``: the ``metrics.jsonl`` rows written so far (a resumed run rewrites the file from
-  them, so rows of rounds after the checkpoint are dropped); ``elapsed-s``; ``config``.
+  them, so rows of rounds after the checkpoint are dropped); ``elapsed-s``; ``config``;
+  ``rounds-without-update`` (rounds whose clients all failed, so the model was kept).
 
 Only the latest checkpoint is kept. Client sampling (``sample_clients``) and every client's data
 order and augmentation (``epoch_generator``) are derived statelessly from (seed, round, client),
@@ -59,6 +60,7 @@ class Checkpoint:
     rng: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    rounds_without_update: int = 0
 
 
 def checkpoint_path(run_dir: Path | str) -> Path:
@@ -147,6 +149,7 @@ def save_checkpoint(run_dir: Path | str, ckpt: Checkpoint) -> Path:
         "rng": ckpt.rng,
         "metrics": json.dumps(ckpt.metrics),
         "elapsed-s": float(ckpt.elapsed_s),
+        "rounds-without-update": int(ckpt.rounds_without_update),
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -178,6 +181,7 @@ def load_checkpoint(run_dir: Path | str) -> Checkpoint:
             rng=dict(raw["rng"]),
             metrics=list(json.loads(raw["metrics"])),
             elapsed_s=float(raw["elapsed-s"]),
+            rounds_without_update=int(raw.get("rounds-without-update", 0)),
         )
     except Exception as err:  # any unpickling/zip/format error means "corrupt"
         reason = _short_reason(err)
@@ -190,11 +194,12 @@ def load_checkpoint(run_dir: Path | str) -> Checkpoint:
 def _short_reason(err: BaseException) -> str:
     """The useful part of a load error (torch's weights-only errors run to a dozen lines)."""
     text = str(err)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        rest = text.split(marker, 1)[1].strip()
-        detail = (rest.splitlines()[0] if rest else "").split(". ")[0]
-        return f"refused by torch.load(weights_only=True): {detail}"[:300]
+    if "WeightsUnpickler error:" in text or "weights_only" in text:
+        # torch's message goes on to advise weights_only=False, which would run the file's
+        # code: that advice is not passed on.
+        return ("it holds pickled Python objects, so it is not a fedwsa checkpoint (fedwsa "
+                "reads only tensors and plain values from a checkpoint and never unpickles "
+                "objects)")
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"{type(err).__name__}: {first}"[:300]
 

@@ -11,14 +11,15 @@ one-line message names the key, the value and what is accepted.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedwsa.config import Config, ConfigError, make_config
+from fedwsa.dirs import check_writable
 from fedwsa.results.rundir import CONFIG_FILE, default_run_dir, run_state
+from fedwsa.results.tensorboard import TENSORBOARD_DIR
 from fedwsa.server.checkpoint import Checkpoint, check_compatible, load_checkpoint
 
 if TYPE_CHECKING:
@@ -90,23 +91,10 @@ def check_model_and_strategy(config: Config, num_classes: int) -> CohortStrategy
                           f"a strategy installed here (import failed: {err})") from err
 
 
-def _writable(path: Path) -> bool:
-    """Can a directory be created at ``path`` (or written into, if it exists)?"""
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            return False
-        probe = probe.parent
-    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
-
-
 def check_run_dir(config: Config) -> Checkpoint | None:
     """A new run needs a directory that holds no run; a resumed one a usable checkpoint."""
     path = Path(config.run_dir)
-    if path.exists() and not path.is_dir():
-        raise ConfigError("run-dir", config.run_dir, "a directory path (this is a file)")
-    if not _writable(path):
-        raise ConfigError("run-dir", config.run_dir, "a directory this user can write")
+    check_writable("run-dir", path)
     state = run_state(path)
     if not config.resume:
         if state != "none":
@@ -129,6 +117,23 @@ def check_run_dir(config: Config) -> Checkpoint | None:
     return ckpt
 
 
+def check_tensorboard(config: Config) -> None:
+    """With ``tensorboard`` on: the package imports and its log directory can be written."""
+    if not config.tensorboard:
+        return
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError as err:
+        raise ConfigError("tensorboard", True, f"false, or true with the tensorboard package "
+                                               f"installed ({err})") from err
+    path = Path(config.run_dir) / TENSORBOARD_DIR
+    try:
+        check_writable("run-dir", path)
+    except ConfigError as err:  # the same check, named after the key that asked for it
+        raise ConfigError("tensorboard", True, f"false, or a log directory {path} that can be "
+                                               f"written ({err.accepted})") from err
+
+
 def preflight(config: Config) -> RunPlan:
     """Every check, cheapest first; nothing is written. Returns the plan the run follows."""
     check_keys(config)
@@ -136,6 +141,7 @@ def preflight(config: Config) -> RunPlan:
         config = config.replace(run_dir=str(default_run_dir(config)))
     strategy = check_model_and_strategy(config, check_data(config))
     ckpt = check_run_dir(config)
+    check_tensorboard(config)
     # The strategy's own storage (SCAFFOLD's client-state store): writable for a new run,
     # present, this run's and intact for a resumed one.
     strategy.preflight(None if ckpt is None else ckpt.strategy)
