@@ -42,7 +42,8 @@ PRECISIONS = ("fp32", "bf16")
 KEYS: tuple[Key, ...] = (
     key("dataset", "synthetic", choice(*DATASETS), "Dataset to train on."),
     key("data-root", "", any_string(),
-         "torchvision root folder or .npz file (x_train, y_train, x_test, y_test); "
+         "torchvision root folder, .npz file (x_train, y_train, x_test, y_test) or Hugging "
+         "Face save_to_disk folder (train, test); "
          "'' = ~/.cache/fedwsa/<dataset>, downloaded when missing."),
     key("partition", "dirichlet", choice(*PARTITIONS),
          "How the train set is split over clients."),

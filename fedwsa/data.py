@@ -100,8 +100,9 @@ def load_dataset(name: str, data_root: str, seed: int) -> Dataset:
     """Load ``name`` (one of ``DATASETS``), cached per process.
 
     ``data_root`` is a torchvision root folder (downloaded into when the data is missing), an
-    ``.npz`` file with ``x_train``, ``y_train``, ``x_test``, ``y_test``, or ``""`` for the default
-    cache folder. ``seed`` only matters for ``synthetic``; ``data_root`` is ignored there.
+    ``.npz`` file with ``x_train``, ``y_train``, ``x_test``, ``y_test``, a folder that a Hugging
+    Face ``DatasetDict.save_to_disk`` wrote (``train`` and ``test`` splits), or ``""`` for the
+    default cache folder. ``seed`` only matters for ``synthetic``; ``data_root`` is ignored there.
     """
     if name not in DATASETS:
         raise DataError(f"dataset={name!r} is not known; accepted: {', '.join(DATASETS)}")
@@ -117,6 +118,8 @@ def _load_cached(name: str, root: str, seed: int) -> Dataset:
         return make_synthetic(seed)
     if root.lower().endswith(".npz"):
         return _load_npz(name, Path(root))
+    if (Path(root) / "dataset_dict.json").is_file():  # what DatasetDict.save_to_disk writes
+        return _load_saved_hf(name, Path(root))
     return _load_torchvision(name, root)
 
 
@@ -172,7 +175,6 @@ def _load_npz(name: str, path: Path) -> Dataset:
     """Load and validate an ``.npz`` copy, so a bad file fails here and not deep in training."""
     if not path.is_file():
         raise DataError(f"{path}: file not found (data-root must be an existing .npz file)")
-    num_classes = _NUM_CLASSES[name]
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [key for key in _NPZ_KEYS if key not in npz.files]
@@ -186,27 +188,39 @@ def _load_npz(name: str, path: Path) -> Dataset:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: cannot read it as an .npz file ({exc})") from exc
+    return _from_arrays(name, path, arrays, {key: key for key in _NPZ_KEYS})
 
+
+def _from_arrays(
+    name: str, path: Path, arrays: dict[str, np.ndarray], names: dict[str, str]
+) -> Dataset:
+    """Check uint8 HWC images and their labels (``_NPZ_KEYS``), then build the ``Dataset``.
+
+    A bad array fails here, with ``path`` and the array's name in ``names``, and not deep in
+    training.
+    """
+    num_classes = _NUM_CLASSES[name]
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        x_name, y_name = names[f"x_{split}"], names[f"y_{split}"]
         if x.dtype != np.uint8:
-            raise DataError(f"{path}: x_{split} has dtype {x.dtype}, expected uint8 pixels 0..255")
+            raise DataError(f"{path}: {x_name} has dtype {x.dtype}, expected uint8 pixels 0..255")
         if x.ndim != 4 or tuple(x.shape[1:]) != _IMAGE_HWC:
             raise DataError(
-                f"{path}: x_{split} has shape {tuple(x.shape)}, expected (N, 32, 32, 3) HWC images"
+                f"{path}: {x_name} has shape {tuple(x.shape)}, expected (N, 32, 32, 3) HWC images"
             )
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise DataError(
-                f"{path}: y_{split} has shape {tuple(y.shape)} and dtype {y.dtype}, "
+                f"{path}: {y_name} has shape {tuple(y.shape)} and dtype {y.dtype}, "
                 f"expected a 1-D integer array"
             )
         if len(y) != len(x):
-            raise DataError(f"{path}: x_{split} has {len(x)} images but y_{split} {len(y)} labels")
+            raise DataError(f"{path}: {x_name} has {len(x)} images but {y_name} {len(y)} labels")
         if len(x) == 0:
-            raise DataError(f"{path}: x_{split} is empty")
+            raise DataError(f"{path}: {x_name} is empty")
         if y.min() < 0 or y.max() >= num_classes:
             raise DataError(
-                f"{path}: y_{split} holds labels {int(y.min())}..{int(y.max())}, expected "
+                f"{path}: {y_name} holds labels {int(y.min())}..{int(y.max())}, expected "
                 f"0..{num_classes - 1} for {name}"
             )
     x_train = _hwc_to_nchw(arrays["x_train"])
@@ -221,6 +235,55 @@ def _load_npz(name: str, path: Path) -> Dataset:
         mean=mean,
         std=std,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# a Hugging Face DatasetDict saved with save_to_disk
+# ---------------------------------------------------------------------------------------------
+
+HF_LABEL_COLUMNS = ("label", "fine_label")
+"""Label columns looked for, in order: the Hub's CIFAR-10 has ``label``, its CIFAR-100
+``fine_label`` (and ``coarse_label``)."""
+
+
+def _load_saved_hf(name: str, path: Path) -> Dataset:
+    """A ``DatasetDict`` that ``save_to_disk`` wrote (of ``uoft-cs/cifar10``, say), read offline.
+
+    Its ``train`` and ``test`` splits each need one ``Image`` column and a label column
+    (``HF_LABEL_COLUMNS``); the images are decoded once, then checked as an ``.npz`` is. The rows
+    keep the saved order, which need not be torchvision's.
+    """
+    import datasets  # Heavy import, only paid by the datasets that need it.
+
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as exc:
+        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        raise DataError(
+            f"{path}: cannot read it as a Hugging Face save_to_disk folder ({reason})"
+        ) from exc
+    missing = [split for split in ("train", "test") if split not in saved]
+    if missing:
+        raise DataError(
+            f"{path}: no {' or '.join(missing)} split (it has {', '.join(saved)}); a "
+            f"save_to_disk data-root needs train and test"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    names: dict[str, str] = {}
+    for split in ("train", "test"):
+        part = saved[split]
+        images = [c for c, f in part.features.items() if isinstance(f, datasets.Image)]
+        labels = [c for c in HF_LABEL_COLUMNS if c in part.column_names]
+        if len(images) != 1 or not labels:
+            raise DataError(
+                f"{path}: the {split} split has columns {', '.join(part.column_names)}; "
+                f"expected one Image column and a {' or '.join(HF_LABEL_COLUMNS)} column"
+            )
+        columns = part.with_format("numpy", columns=[images[0], labels[0]])[:]
+        for key, column in ((f"x_{split}", images[0]), (f"y_{split}", labels[0])):
+            arrays[key] = np.asarray(columns[column])
+            names[key] = f"{split}[{column!r}]"
+    return _from_arrays(name, path, arrays, names)
 
 
 def _hwc_to_nchw(images: np.ndarray) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Tests for fedwsa.data: synthetic set, .npz and torchvision loading (offline), augmentation."""
+"""Tests for fedwsa.data: synthetic set, .npz, save_to_disk and torchvision loading (offline),
+augmentation."""
 
 from __future__ import annotations
 
@@ -171,6 +172,61 @@ def test_npz_missing_or_unreadable_file(tmp_path: Path) -> None:
         load_dataset("cifar10", str(garbage), 0)
     assert str(garbage) in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------
+# a Hugging Face DatasetDict saved with save_to_disk
+# ---------------------------------------------------------------------------------------------
+
+
+def _save_hf(path: Path, arrays: dict[str, np.ndarray], label: str = "label",
+             classes: int = 10, splits: tuple[str, ...] = ("train", "test")) -> Path:
+    """``arrays`` as the Hub's CIFAR sets look (an ``img`` Image column, a ClassLabel), saved."""
+    import datasets
+
+    features = datasets.Features(
+        {"img": datasets.Image(), label: datasets.ClassLabel(num_classes=classes)}
+    )
+    datasets.DatasetDict({
+        split: datasets.Dataset.from_dict(
+            {"img": list(arrays[f"x_{split}"]), label: arrays[f"y_{split}"]}, features=features
+        )
+        for split in splits
+    }).save_to_disk(str(path))
+    return path
+
+
+@pytest.mark.parametrize(("name", "label", "classes"),
+                         [("cifar10", "label", 10), ("cifar100", "fine_label", 100)])
+def test_saved_hf_round_trip(tmp_path: Path, name: str, label: str, classes: int) -> None:
+    arrays = _arrays(classes=classes)
+    path = _save_hf(tmp_path / name, arrays, label, classes)
+    ds = load_dataset(name, str(path), seed=0)
+    assert ds.num_classes == classes and ds.x_train.shape == (12, 3, 32, 32)
+    assert torch.equal(ds.x_train, torch.from_numpy(arrays["x_train"]).permute(0, 3, 1, 2))
+    assert torch.equal(ds.x_test, torch.from_numpy(arrays["x_test"]).permute(0, 3, 1, 2))
+    assert ds.y_train.dtype == torch.int64
+    assert ds.y_train.tolist() == arrays["y_train"].tolist()
+    assert ds.y_test.tolist() == arrays["y_test"].tolist()
+
+
+def test_saved_hf_errors_name_the_folder(tmp_path: Path) -> None:
+    arrays = _arrays()
+    cases = [
+        (_save_hf(tmp_path / "no-test", arrays, splits=("train",)), "no test split"),
+        (_save_hf(tmp_path / "other-label", arrays, label="target"),
+         "columns img, target; expected one Image column and a label or fine_label column"),
+        (_save_hf(tmp_path / "too-many-classes", dict(arrays, y_train=arrays["y_train"] + 10),
+                  classes=20), r"train\['label'\] holds labels .* expected 0..9"),
+    ]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "dataset_dict.json").write_text("not json")
+    cases.append((broken, "cannot read it as a Hugging Face save_to_disk folder"))
+    for path, message in cases:
+        with pytest.raises(DataError, match=message) as info:
+            load_dataset("cifar10", str(path), 0)
+        assert str(path) in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from niid_bench import niid_bench_client_sets
 
 from fedwsa.partitions import (
     PARTITIONS,
@@ -155,6 +156,8 @@ def test_quantity_skews_sizes_not_labels(labels: np.ndarray) -> None:
         ({"classes_per_client": 0}, "classes-per-client=0"),
         ({"method": "shards", "classes_per_client": 11}, "classes-per-client=11"),
         ({"method": "shards", "num_clients": 3, "classes_per_client": 3}, "classes-per-client=3"),
+        ({"seed": -1}, "seed=-1"),
+        ({"seed": 2**32, "rng": "niid-bench"}, "seed=4294967296"),  # RandomState's limit
     ],
 )
 def test_bad_arguments_name_the_key(labels: np.ndarray, kwargs: dict, key: str) -> None:
@@ -228,57 +231,6 @@ def test_heatmap_png(labels: np.ndarray, tmp_path: Path, num_clients: int) -> No
 # --------------------------------------------------------------------------------------------
 
 
-def _niid_bench_partition_data(
-    y_train: np.ndarray, partition: str, n_parties: int, beta: float, init_seed: int
-) -> dict[int, list[int]]:
-    """NIID-Bench's ``utils.partition_data`` (commit 61b901a), its three splits fedwsa has,
-    transcribed line for line (``strict=True`` added to its zips), seeded as ``experiments.py``
-    seeds it (global ``np.random``)."""
-    np.random.seed(init_seed)
-    n_train = y_train.shape[0]
-    if partition == "homo":
-        idxs = np.random.permutation(n_train)
-        batch_idxs = np.array_split(idxs, n_parties)
-        net_dataidx_map = {i: batch_idxs[i] for i in range(n_parties)}
-    elif partition == "noniid-labeldir":
-        min_size = 0
-        min_require_size = 10
-        K = 10
-        N = y_train.shape[0]
-        net_dataidx_map = {}
-        while min_size < min_require_size:
-            idx_batch = [[] for _ in range(n_parties)]
-            for k in range(K):
-                idx_k = np.where(y_train == k)[0]
-                np.random.shuffle(idx_k)
-                proportions = np.random.dirichlet(np.repeat(beta, n_parties))
-                proportions = np.array([
-                    p * (len(idx_j) < N / n_parties)
-                    for p, idx_j in zip(proportions, idx_batch, strict=True)
-                ])
-                proportions = proportions / proportions.sum()
-                proportions = (np.cumsum(proportions) * len(idx_k)).astype(int)[:-1]
-                idx_batch = [
-                    idx_j + idx.tolist()
-                    for idx_j, idx in zip(idx_batch, np.split(idx_k, proportions), strict=True)
-                ]
-                min_size = min([len(idx_j) for idx_j in idx_batch])
-        for j in range(n_parties):
-            np.random.shuffle(idx_batch[j])
-            net_dataidx_map[j] = idx_batch[j]
-    elif partition == "iid-diff-quantity":
-        idxs = np.random.permutation(n_train)
-        min_size = 0
-        while min_size < 10:
-            proportions = np.random.dirichlet(np.repeat(beta, n_parties))
-            proportions = proportions / proportions.sum()
-            min_size = np.min(proportions * len(idxs))
-        proportions = (np.cumsum(proportions) * len(idxs)).astype(int)[:-1]
-        batch_idxs = np.split(idxs, proportions)
-        net_dataidx_map = {i: batch_idxs[i] for i in range(n_parties)}
-    return {j: list(v) for j, v in net_dataidx_map.items()}
-
-
 @pytest.mark.parametrize(
     ("method", "name", "num_clients", "alpha", "seed"),
     [
@@ -297,11 +249,7 @@ def test_niid_bench_rng_gives_niid_bench_client_sets(
 ) -> None:
     # CIFAR-10-sized labels in an unsorted order, as torchvision's train set is.
     y = np.random.default_rng(7).permutation(np.repeat(np.arange(10), 5000))
-    state = np.random.get_state()
-    try:
-        expected = _niid_bench_partition_data(y, name, num_clients, alpha, seed)
-    finally:
-        np.random.set_state(state)
+    expected = niid_bench_client_sets(y, name, num_clients, alpha, seed)
     parts = partition_labels(y, num_clients, method, alpha=alpha, seed=seed, rng="niid-bench")
     assert len(parts) == num_clients
     for client, part in enumerate(parts):
@@ -316,6 +264,15 @@ def test_niid_bench_rng_refuses_a_split_niid_bench_lacks(labels: np.ndarray) -> 
         partition_labels(labels, 10, "shards", rng="niid-bench")
     with pytest.raises(ValueError, match="partition-rng='numpy' is not known"):
         partition_labels(labels, 10, "iid", rng="numpy")
+
+
+def test_niid_bench_rng_refuses_negative_labels() -> None:
+    """NIID-Bench splits classes 0..max(label): a -1 (unlabelled) example would be in no client."""
+    labels = np.arange(-1, 19)
+    with pytest.raises(ValueError, match="labels hold -1: partition-rng='niid-bench'"):
+        partition_labels(labels, 2, "dirichlet", min_partition_size=0, rng="niid-bench")
+    parts = partition_labels(labels, 2, "dirichlet", min_partition_size=0)  # generator: fine
+    _assert_exact_cover(parts, len(labels))
 
 
 def test_niid_bench_rng_leaves_the_global_numpy_state_alone(labels: np.ndarray) -> None:

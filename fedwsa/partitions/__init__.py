@@ -1,6 +1,8 @@
 """Partitions of a dataset's labels over clients, and how to inspect them.
 
-Pure numpy (plus matplotlib for the heat map): no models, clients or Flower.
+Pure numpy (plus matplotlib for the heat map): no models, clients or Flower. For a Flower app,
+``fedwsa.partitions.flower.FedwsaPartitioner`` offers the same partitions as a flwr-datasets
+``Partitioner``; import it from there (it pulls in flwr-datasets, ~1.5 s, so it is not here).
 """
 
 from fedwsa.partitions.methods import (

@@ -16,17 +16,19 @@ Why not flwr-datasets' partitioners (checked against flwr-datasets 0.6.1):
 - ``PathologicalPartitioner`` leaves a class unassigned when no client draws it.
 
 The functions below are short, vectorised numpy, and keep NIID-Bench's semantics.
+``fedwsa.partitions.flower`` offers them to flwr-datasets users as a ``Partitioner``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
+from types import MappingProxyType
 
 import numpy as np
 
 __all__ = ["MAX_SAMPLING_TRIES", "NIID_BENCH_PARTITIONS", "PARTITIONS", "PARTITION_RNGS",
-           "partition_labels"]
+           "RUN_CONFIG_NAMES", "check_partition_args", "partition_labels"]
 
 PARTITIONS: tuple[str, ...] = ("dirichlet", "iid", "shards", "quantity")
 
@@ -44,6 +46,18 @@ NIID_BENCH_PARTITIONS: dict[str, str] = {
 MAX_SAMPLING_TRIES = 1000
 """Resamplings allowed to reach ``min_partition_size`` (NIID-Bench loops forever)."""
 
+RUN_CONFIG_NAMES: Mapping[str, str] = MappingProxyType({
+    "num_clients": "num-clients",
+    "method": "partition",
+    "rng": "partition-rng",
+    "alpha": "alpha",
+    "classes_per_client": "classes-per-client",
+    "min_partition_size": "min-partition-size",
+    "seed": "seed",
+})
+"""How errors name ``partition_labels``' arguments: the run config's keys. Another caller (the
+flwr-datasets partitioner) passes its own argument names, so a message names what was typed."""
+
 
 def partition_labels(
     labels: np.ndarray | Sequence[int],
@@ -55,6 +69,7 @@ def partition_labels(
     min_partition_size: int = 10,
     seed: int = 0,
     rng: str = "generator",
+    arg_names: Mapping[str, str] = RUN_CONFIG_NAMES,
 ) -> list[np.ndarray]:
     """Split the examples of ``labels`` over ``num_clients`` clients.
 
@@ -78,13 +93,16 @@ def partition_labels(
     NIID-Bench's quirks: per-class shuffles redrawn on every resampling, and its
     ``iid-diff-quantity`` size check on the unrounded shares.
 
-    Raises ``ValueError`` naming the offending key (kebab-case, as in the run config).
+    Raises ``ValueError`` naming the offending argument as ``arg_names`` does (by default the
+    run config's kebab-case key), its value and what is accepted.
     """
-    y = _check_labels(labels)
-    n = len(y)
-    _check_args(n, num_clients, method, alpha, classes_per_client, min_partition_size)
-    _check_rng(rng, method)
+    check_partition_args(num_clients, method, alpha=alpha, classes_per_client=classes_per_client,
+                         min_partition_size=min_partition_size, seed=seed, rng=rng,
+                         arg_names=arg_names)
     legacy = rng == "niid-bench"
+    y = _check_labels(labels, legacy, arg_names)
+    n = len(y)
+    _check_sizes(y, num_clients, method, classes_per_client, min_partition_size, arg_names)
     draws = np.random.RandomState(seed) if legacy else np.random.default_rng(seed)
     if method == "iid":
         parts = np.array_split(draws.permutation(n), num_clients)
@@ -97,15 +115,95 @@ def partition_labels(
                           niid_bench=legacy)
     else:
         parts = _shards(y, num_clients, classes_per_client, draws)
+    if parts is None:
+        k = arg_names
+        raise ValueError(
+            f"could not give every client {k['min_partition_size']}={min_partition_size} "
+            f"examples with {k['alpha']}={alpha} and {k['num_clients']}={num_clients} in "
+            f"{MAX_SAMPLING_TRIES} Dirichlet draws; lower {k['min_partition_size']} or "
+            f"{k['num_clients']}, or raise {k['alpha']}"
+        )
     return [np.sort(np.asarray(part, dtype=np.int64)) for part in parts]
 
 
-def _check_labels(labels: np.ndarray | Sequence[int]) -> np.ndarray:
-    """A non-empty 1-D integer label array, or a ValueError."""
+def check_partition_args(
+    num_clients: int,
+    method: str,
+    *,
+    alpha: float,
+    classes_per_client: int,
+    min_partition_size: int,
+    seed: int,
+    rng: str,
+    arg_names: Mapping[str, str],
+) -> None:
+    """Check the arguments of ``partition_labels`` that do not depend on the labels.
+
+    So a caller that gets its labels later (the flwr-datasets partitioner) fails at once, with
+    the argument's name (as ``arg_names`` gives it), the value and what is accepted.
+    """
+    k = arg_names
+    if method not in PARTITIONS:
+        raise ValueError(
+            f"{k['method']}={method!r} is not known; accepted: {', '.join(PARTITIONS)}"
+        )
+    if not _is_int(num_clients) or num_clients < 1:
+        raise ValueError(
+            f"{k['num_clients']}={num_clients!r} is invalid; accepted: an integer >= 1"
+        )
+    if (
+        not isinstance(alpha, Real)
+        or isinstance(alpha, bool)
+        or not np.isfinite(alpha)
+        or alpha <= 0
+    ):
+        raise ValueError(f"{k['alpha']}={alpha!r} is invalid; accepted: a finite number > 0")
+    if not _is_int(min_partition_size) or min_partition_size < 0:
+        raise ValueError(
+            f"{k['min_partition_size']}={min_partition_size!r} is invalid; accepted: an "
+            f"integer >= 0"
+        )
+    if not _is_int(classes_per_client) or classes_per_client < 1:
+        raise ValueError(
+            f"{k['classes_per_client']}={classes_per_client!r} is invalid; accepted: an "
+            f"integer >= 1"
+        )
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"{k['seed']}={seed!r} is invalid; accepted: an integer >= 0")
+    if rng not in PARTITION_RNGS:
+        raise ValueError(
+            f"{k['rng']}={rng!r} is not known; accepted: {', '.join(PARTITION_RNGS)}"
+        )
+    if rng == "niid-bench" and method not in NIID_BENCH_PARTITIONS:
+        raise ValueError(
+            f"{k['rng']}='niid-bench' with {k['method']}={method!r}: NIID-Bench has no such "
+            f"split; accepted: {k['rng']}='generator', or {k['method']} among "
+            f"{', '.join(NIID_BENCH_PARTITIONS)}"
+        )
+    if rng == "niid-bench" and seed >= 2**32:  # np.random.RandomState's limit
+        raise ValueError(
+            f"{k['seed']}={seed} is too large for {k['rng']}='niid-bench'; accepted: an integer "
+            f"in 0..{2**32 - 1}"
+        )
+
+
+def _check_labels(
+    labels: np.ndarray | Sequence[int], niid_bench: bool, arg_names: Mapping[str, str]
+) -> np.ndarray:
+    """A non-empty 1-D integer label array, or a ValueError.
+
+    NIID-Bench's classes are ``0..max(label)``: it would silently leave a negative label (an
+    unlabelled example, as some Hugging Face splits mark them) out of every client.
+    """
     y = np.asarray(labels)
     if y.ndim != 1 or y.size == 0 or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(
             f"labels must be a non-empty 1-D integer array, got shape {y.shape} dtype {y.dtype}"
+        )
+    if niid_bench and y.min() < 0:
+        raise ValueError(
+            f"labels hold {int(y.min())}: {arg_names['rng']}='niid-bench' splits classes "
+            f"0..max(label) as NIID-Bench does; accepted: labels >= 0"
         )
     return y
 
@@ -114,64 +212,55 @@ def _is_int(value: object) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def _check_args(
-    n: int,
+def _check_sizes(
+    y: np.ndarray,
     num_clients: int,
     method: str,
-    alpha: float,
     classes_per_client: int,
     min_partition_size: int,
+    arg_names: Mapping[str, str],
 ) -> None:
-    """Fail before any sampling, with the run-config key, the value and what is accepted."""
-    if method not in PARTITIONS:
-        raise ValueError(f"partition={method!r} is not known; accepted: {', '.join(PARTITIONS)}")
-    if not _is_int(num_clients) or num_clients < 1:
-        raise ValueError(f"num-clients={num_clients!r} is invalid; accepted: an integer >= 1")
+    """The checks that need the labels: enough examples (and classes, for shards)."""
+    k = arg_names
+    n = len(y)
     if num_clients > n:
         raise ValueError(
-            f"num-clients={num_clients} exceeds the {n} examples to partition; "
+            f"{k['num_clients']}={num_clients} exceeds the {n} examples to partition; "
             f"accepted: at most {n}, so that no client is empty"
-        )
-    if (
-        not isinstance(alpha, Real)
-        or isinstance(alpha, bool)
-        or not np.isfinite(alpha)
-        or alpha <= 0
-    ):
-        raise ValueError(f"alpha={alpha!r} is invalid; accepted: a finite number > 0")
-    if not _is_int(min_partition_size) or min_partition_size < 0:
-        raise ValueError(
-            f"min-partition-size={min_partition_size!r} is invalid; accepted: an integer >= 0"
-        )
-    if not _is_int(classes_per_client) or classes_per_client < 1:
-        raise ValueError(
-            f"classes-per-client={classes_per_client!r} is invalid; accepted: an integer >= 1"
         )
     if method in ("dirichlet", "quantity") and num_clients * min_partition_size > n:
         raise ValueError(
-            f"min-partition-size={min_partition_size} with num-clients={num_clients} needs "
-            f"{num_clients * min_partition_size} examples but there are {n}; accepted: "
-            f"min-partition-size <= {n // num_clients} for {num_clients} clients"
+            f"{k['min_partition_size']}={min_partition_size} with {k['num_clients']}="
+            f"{num_clients} needs {num_clients * min_partition_size} examples but there are "
+            f"{n}; accepted: {k['min_partition_size']} <= {n // num_clients} for {num_clients} "
+            f"clients"
         )
-
-
-def _check_rng(rng: str, method: str) -> None:
-    if rng not in PARTITION_RNGS:
+    if method != "shards":
+        return
+    num_classes = len(np.unique(y))
+    num_shards = num_clients * classes_per_client
+    shards = f"{k['num_clients']}={num_clients} x {k['classes_per_client']}={classes_per_client}"
+    if classes_per_client > num_classes:
         raise ValueError(
-            f"partition-rng={rng!r} is not known; accepted: {', '.join(PARTITION_RNGS)}"
+            f"{k['classes_per_client']}={classes_per_client} is more than the {num_classes} "
+            f"classes in the labels; accepted: 1..{num_classes}"
         )
-    if rng == "niid-bench" and method not in NIID_BENCH_PARTITIONS:
+    if num_shards < num_classes:
         raise ValueError(
-            f"partition-rng='niid-bench' with partition={method!r}: NIID-Bench has no such "
-            f"split; accepted: partition-rng='generator', or partition among "
-            f"{', '.join(NIID_BENCH_PARTITIONS)}"
+            f"{shards} = {num_shards} shards cannot cover the {num_classes} classes; accepted: "
+            f"{k['num_clients']} x {k['classes_per_client']} >= {num_classes}"
+        )
+    if num_shards > n:
+        raise ValueError(
+            f"{shards} = {num_shards} shards exceed the {n} examples; accepted: at most {n} "
+            f"shards"
         )
 
 
 def _dirichlet(
     y: np.ndarray, num_clients: int, alpha: float, min_size: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """NIID-Bench's "noniid-labeldir", with bounded resampling.
+) -> list[np.ndarray] | None:
+    """NIID-Bench's "noniid-labeldir", with bounded resampling (None: ``min_size`` unreached).
 
     Only the per-class proportions are resampled (cheap: a few numpy calls per class); the
     indices are shuffled and split once, for the accepted draw.
@@ -196,7 +285,7 @@ def _dirichlet(
         if sizes.min() >= min_size:
             break
     else:
-        raise _unreachable_min_size(min_size, alpha, num_clients)
+        return None
     chunks: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
     for members, cuts in zip(by_class, cuts_per_class, strict=True):
         pieces = np.split(rng.permutation(members), cuts)
@@ -207,12 +296,12 @@ def _dirichlet(
 
 def _dirichlet_niid_bench(
     y: np.ndarray, num_clients: int, alpha: float, min_size: int, rng: np.random.RandomState
-) -> list[np.ndarray]:
+) -> list[np.ndarray] | None:
     """NIID-Bench's "noniid-labeldir" with its draws in its order (``utils.partition_data``).
 
     Written apart from ``_dirichlet`` because the order of draws is the point: every attempt
     shuffles each class again before its Dirichlet draw, as NIID-Bench does. Its classes are
-    ``0..max(label)``; its endless resampling is bounded here.
+    ``0..max(label)``; its endless resampling is bounded here (None: ``min_size`` unreached).
     """
     n = len(y)
     concentration = np.full(num_clients, alpha)
@@ -232,15 +321,7 @@ def _dirichlet_niid_bench(
                 sizes[client] += len(piece)
         if sizes.min() >= min_size:
             return [np.concatenate(pieces) for pieces in chunks]
-    raise _unreachable_min_size(min_size, alpha, num_clients)
-
-
-def _unreachable_min_size(min_size: int, alpha: float, num_clients: int) -> ValueError:
-    return ValueError(
-        f"could not give every client min-partition-size={min_size} examples with "
-        f"alpha={alpha} and num-clients={num_clients} in {MAX_SAMPLING_TRIES} Dirichlet "
-        f"draws; lower min-partition-size or num-clients, or raise alpha"
-    )
+    return None
 
 
 def _quantity(
@@ -251,8 +332,9 @@ def _quantity(
     rng: np.random.Generator | np.random.RandomState,
     *,
     niid_bench: bool = False,
-) -> list[np.ndarray]:
-    """NIID-Bench's "iid-diff-quantity": Dirichlet sizes, IID labels, bounded resampling.
+) -> list[np.ndarray] | None:
+    """NIID-Bench's "iid-diff-quantity": Dirichlet sizes, IID labels, bounded resampling
+    (None: ``min_size`` unreached).
 
     NIID-Bench renormalises the draw and checks ``min(proportions * N)`` before rounding
     (``niid_bench``, kept for its exact splits); by default the integer sizes are checked, so
@@ -269,7 +351,7 @@ def _quantity(
         smallest = sizes.min()
         if smallest >= min_size:
             return np.split(order, cuts)
-    raise _unreachable_min_size(min_size, alpha, num_clients)
+    return None
 
 
 def _shards(
@@ -283,27 +365,9 @@ def _shards(
     shard single-class when class sizes do not divide evenly, so a client never holds more
     than ``classes_per_client`` classes (fewer if it draws two shards of one class).
     """
-    n = len(y)
     by_class = _indices_by_class(y)
     class_sizes = np.array([len(members) for members in by_class])
-    num_classes = len(by_class)
-    num_shards = num_clients * classes_per_client
-    if classes_per_client > num_classes:
-        raise ValueError(
-            f"classes-per-client={classes_per_client} is more than the {num_classes} classes "
-            f"in the labels; accepted: 1..{num_classes}"
-        )
-    if num_shards < num_classes:
-        raise ValueError(
-            f"num-clients={num_clients} x classes-per-client={classes_per_client} = "
-            f"{num_shards} shards cannot cover the {num_classes} classes; accepted: "
-            f"num-clients x classes-per-client >= {num_classes}"
-        )
-    if num_shards > n:
-        raise ValueError(
-            f"num-clients={num_clients} x classes-per-client={classes_per_client} = "
-            f"{num_shards} shards exceed the {n} examples; accepted: at most {n} shards"
-        )
+    num_shards = num_clients * classes_per_client  # _check_sizes made sure the shards fit
     shards_per_class = _apportion(class_sizes, num_shards)
     shards: list[np.ndarray] = []
     for members, count in zip(by_class, shards_per_class, strict=True):

@@ -66,7 +66,8 @@ def check_data(config: Config) -> int:
         data = load_dataset(config.dataset, config.data_root, config.seed)
     except DataError as err:  # the data layer says what is wrong with the file; add the key
         raise ConfigError("data-root", config.data_root,
-                          f"a torchvision root folder or an .npz file with x_train, y_train, "
+                          f"a torchvision root folder, a Hugging Face save_to_disk folder "
+                          f"or an .npz file with x_train, y_train, "
                           f"x_test, y_test for dataset={config.dataset!r} ({err})") from err
     client_partitions(config, data.y_train.numpy())
     return data.num_classes
