@@ -15,6 +15,7 @@ from typing import Any
 from fedwsa import algorithms
 from fedwsa.algorithms import FUSION_RULES, STRATEGIES, SVD_METHODS
 from fedwsa.data import DATASETS, PAD_MODES
+from fedwsa.device import device_spec
 from fedwsa.keys import (
     AUTO,
     ConfigError,
@@ -35,7 +36,6 @@ __all__ = ["AUTO", "DATASETS", "FUSION_RULES", "HARMLESS_KEYS", "KEYS", "RESUMAB
            "markdown_table", "parse_overrides"]
 
 TRAINERS = ("batched", "sequential")
-DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -82,7 +82,9 @@ KEYS: tuple[Key, ...] = (
         "Strategy preset (README, \"Strategies\"); combines with server-opt."),
     key("seed", 0, integer(0),
          "Fixes partitions, sampling, initial weights, data order, augmentation."),
-    key("device", "auto", choice(*DEVICES), "Where nodes train and the server evaluates."),
+    key("device", "auto", device_spec(),
+        "Where nodes train and the server evaluates (cuda:N: GPU N; a SuperNode's --node-config "
+        "may set its own)."),
     key("eval-every", 1, integer(1), "Central evaluation every N rounds (and the last round)."),
     key("run-dir", "", any_string(), "Run directory ('' = runs/<strategy>-<timestamp>)."),
     *algorithms.KEYS,

@@ -10,14 +10,17 @@ the other runs of the bundle go on.
 from __future__ import annotations
 
 import logging
+from logging import INFO
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log as flwr_log
 
 from fedwsa.algorithms.base import ClientInputs
 from fedwsa.clients.failures import reason, train_cohort
 from fedwsa.clients.fused import fuse_key, fused_groups, train_fused
 from fedwsa.clients.node import node_data
+from fedwsa.clients.node_config import node_overrides
 from fedwsa.clients.trainer import CohortTask
 from fedwsa.clients.trainers import build_trainer
 from fedwsa.config import Config
@@ -41,14 +44,21 @@ def train(msg: Message, context: Context) -> Message:
 
     Runs whose clients train alike go through the batched trainer together
     (``fedwsa.clients.fused``); if such a joint call fails, its runs are trained one by one,
-    so a failure stays with the run that causes it."""
+    so a failure stays with the run that causes it.
+
+    A SuperNode's ``--node-config`` sets this node's ``data-root`` and ``device`` for every
+    run (``fedwsa.clients.node_config``); a bad one fails the node's whole reply, naming the
+    key."""
+    node = node_overrides(context.node_config)
+    if node:
+        flwr_log(INFO, "[fedwsa] node config: %s", " ".join(f"{k}={v!r}" for k, v in node.items()))
     parts = unbundle(msg.content)
     replies: dict[str, RecordDict] = {}
     runs: dict[str, tuple[TrainRequest, Config]] = {}
     for tag, content in parts.items():
         try:
             request = unpack_request(content)
-            runs[tag] = (request, Config.from_json(request.run_config))
+            runs[tag] = (request, Config.from_json(request.run_config).replace(**node))
         except Exception as err:  # this run's failure, not the other runs'
             replies[tag] = _failed(tag, err)
     tags = list(runs)
