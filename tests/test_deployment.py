@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's flower-superlink, flower-supernode, flwr
 KEYS = {"dataset": "synthetic", "num-clients": 6, "num-server-rounds": 2, "seed": 5,
         "trainer": "batched", "batch-size": 32, "checkpoint-every": 0}
-TIMING = {"elapsed-s", "node-train-s", "round-s"}  # wall-clock seconds: the only keys that may differ
+TIMING = {"elapsed-s", "node-train-s", "round-s"}  # wall-clock: the only keys that may differ
 RUN_TIMEOUT_S = 600.0
 
 
@@ -345,3 +345,40 @@ def test_node_data_root_is_the_nodes_own(tmp_path: Path, caplog: pytest.LogCaptu
     broken = run_nodes(tmp_path, "broken", [{}, {"data-root": str(missing)}])
     assert broken[-1]["clients-failed"] == 2  # the second node's half of the cohort
     assert f"node 1002 failed: DataError: {missing}: file not found" in caplog.text
+
+
+# --- fedwsa supernode: the SuperLink's address in one line, with TLS too --------------------
+
+
+def test_fedwsa_supernode_names_an_unreachable_superlink_within_the_timeout(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedwsa.cli import main
+
+    monkeypatch.setattr(os, "execvp", lambda *a: pytest.fail("flower-supernode was started"))
+    port = free_port()  # nothing listens there
+    start = time.monotonic()
+    code = main(["supernode", "--superlink", f"127.0.0.1:{port}", "--connect-timeout", "2",
+                 "--root-certificates", "ca.pem"])  # a TLS node: Flower would not name it
+    took = time.monotonic() - start
+    line = capsys.readouterr().err.strip()
+    assert code == 2 and took < 30
+    assert line.startswith("fedwsa: error: cannot reach the SuperLink at 127.0.0.1:") and \
+        str(port) in line and "\n" not in line
+
+
+def test_fedwsa_supernode_becomes_flower_supernode_once_the_superlink_answers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from fedwsa.cli import main
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(os, "execvp", lambda file, argv: started.append(list(argv)))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        assert main(["supernode", "--superlink", address, "--insecure",
+                     "--node-config", "data-root='/d.npz'"]) == 0
+    assert started == [["flower-supernode", "--superlink", address, "--insecure",
+                        "--node-config", "data-root='/d.npz'"]]

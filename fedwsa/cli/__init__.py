@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import warnings
@@ -217,11 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     from fedwsa.cli.commands import add_result_commands  # compare, summarize, plot
 
     add_result_commands(sub)
+    from fedwsa.cli.supernode import add_supernode_command
+
+    add_supernode_command(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "passthrough", False):  # fedwsa supernode: the rest is flower-supernode's
+        args.func = functools.partial(args.func, flower_args=rest)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     with warnings.catch_warnings():
         warnings.simplefilter("always", TruncatedMetricsWarning)
         warnings.showwarning = _one_line_warning(warnings.showwarning)
