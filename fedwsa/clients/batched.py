@@ -407,7 +407,7 @@ class BatchedTrainer:
         """The chunk's local SGD, all on the device: the clients' weights and each client's
         cross-entropy summed over its last epoch ([K]); nothing here reads back to the host."""
         s, data, dev = self.settings, self.data, self.data.device
-        K, T, B = layout.indices.shape
+        K, T = layout.indices.shape[:2]
         names = list(inputs.global_params)
         if inputs.per_client:  # clients of several runs: each from its own run's model
             params = {n: v.clone() for n, v in inputs.global_params.items()}
