@@ -7,7 +7,8 @@ Choices this module makes where METHODS.md leaves them open:
 - Client weights are FedAvg's p_i = n_i / sum_j n_j of the clients that succeeded this round.
 - The merge runs where ``device`` resolves to (the stacked weights are moved to the GPU when it
   is cuda: the per-client SVDs dominate a round's server time); the new global model is
-  returned on the CPU.
+  returned on the device the clients' weights came on (the server's: the CPU), as every merge
+  rule returns it.
 - ``cart-svd = "randomized"`` draws its test matrices from a generator seeded by
   :func:`cart_seed` (``seed``, round), so a run is reproducible and a resumed run draws what the
   uninterrupted one drew; exact SVD uses no randomness.
@@ -61,9 +62,11 @@ class CartMerge(Merge):
         c = self.config
         device = resolve_device(c.device)
         stacked = {n: v.to(device) for n, v in updates.params.items()}
+        # The weights stay where they are (the CPU): ``cart`` checks them there (no device
+        # sync) and moves p to the stacked weights' device itself.
         merged = cart(
-            stacked, updates.weights.to(device), rank=c.cart_rank, lam=c.cart_lambda,
+            stacked, updates.weights, rank=c.cart_rank, lam=c.cart_lambda,
             conv=c.cart_conv, svd=c.cart_svd,
             seed=cart_seed(c.seed, server_round) if c.cart_svd == "randomized" else None,
         )
-        return {n: v.cpu() for n, v in merged.items()}
+        return {n: v.to(updates.params[n].device) for n, v in merged.items()}

@@ -46,8 +46,9 @@ class FedAvgM(ServerOptimizer):
             return dict(merged)
         g = {n: global_params[n] - merged[n] for n in merged}
         if self.momentum > 0.0:
+            # A velocity restored from a checkpoint is on the CPU: it follows the model.
             self.velocity = g if self.velocity is None else {
-                n: self.momentum * self.velocity[n] + g[n] for n in g}
+                n: self.momentum * self.velocity[n].to(g[n].device) + g[n] for n in g}
             g = self.velocity
         return {n: global_params[n] - self.lr * g[n] for n in g}
 

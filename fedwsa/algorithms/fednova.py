@@ -54,7 +54,7 @@ class FedNovaMerge(Merge):
             raise ValueError(f"fednova needs every client's local step count (>= 1), got "
                              f"{updates.steps.tolist()} for clients {updates.client_ids}")
         p = updates.weights.to(torch.float64)
-        a = normaliser(updates.steps, self.momentum)
+        a = normaliser(updates.steps.to(p.device), self.momentum)
         coeff = p / a                       # weight of each client's (theta_g - theta_i)
         tau_eff = float((p * a).sum())
         out: Tensors = {}

@@ -69,8 +69,11 @@ class FedOpt(ServerOptimizer):
     def step(self, server_round: int, global_params: Mapping[str, Tensor],
              merged: Mapping[str, Tensor]) -> Tensors:
         delta = {n: merged[n] - global_params[n] for n in merged}
-        m = self.m or {n: torch.zeros_like(d) for n, d in delta.items()}
-        v = self.v or {n: torch.zeros_like(d) for n, d in delta.items()}
+        # Moments restored from a checkpoint are on the CPU: they follow the model.
+        m = ({n: self.m[n].to(d.device) for n, d in delta.items()} if self.m
+             else {n: torch.zeros_like(d) for n, d in delta.items()})
+        v = ({n: self.v[n].to(d.device) for n, d in delta.items()} if self.v
+             else {n: torch.zeros_like(d) for n, d in delta.items()})
         self.m = {n: self.beta1 * m[n] + (1 - self.beta1) * d for n, d in delta.items()}
         if self.name == "adam":
             self.v = {n: self.beta2 * v[n] + (1 - self.beta2) * d**2 for n, d in delta.items()}

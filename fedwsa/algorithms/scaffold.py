@@ -88,7 +88,10 @@ class ScaffoldServer(ServerPart):
     def __init__(self, config: Config, params: Mapping[str, Tensor]) -> None:
         self.lr = config.lr
         self.num_clients = config.num_clients
-        self.c: Tensors = {n: torch.zeros(p.shape) for n, p in params.items()}
+        # c is server state on the CPU, float32 like the store (``params`` may be the model's
+        # meta tensors: only their names and shapes are used).
+        self.c: Tensors = {n: torch.zeros(p.shape, dtype=torch.float32, device="cpu")
+                           for n, p in params.items()}
         self.config = config
         self.params = params
         self._store: ClientStateStore | None = None
@@ -118,12 +121,15 @@ class ScaffoldServer(ServerPart):
         if not moved:
             return new_global
         ids = [updates.client_ids[k] for k in moved]
+        # c and the c_i live on the CPU (server state, the store): the clients' weights and
+        # step counts come there, only the rows of the clients that moved.
         rows = torch.tensor(moved, dtype=torch.long)
         c_i = self.store.read(ids)
-        scale = 1.0 / (updates.steps[rows].to(torch.float32) * self.lr)
+        scale = 1.0 / (updates.steps.cpu()[rows].to(torch.float32) * self.lr)
         new_c_i: Tensors = {}
         for n, c in self.c.items():
-            y = updates.params[n].detach().cpu().float()[rows]
+            stacked = updates.params[n].detach()
+            y = stacked[rows.to(stacked.device)].cpu().float()
             drift = global_params[n].detach().cpu().float().unsqueeze(0) - y
             new_c_i[n] = c_i[n] - c + drift * scale.reshape(-1, *([1] * c.dim()))
             self.c[n] = c + (new_c_i[n] - c_i[n]).sum(dim=0) / self.num_clients

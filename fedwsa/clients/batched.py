@@ -122,7 +122,7 @@ def layout_chunk(data: NodeData, client_ids: list[int], settings: LocalSettings,
         # Slot of each example in a padded epoch: batch j holds examples j*B ... j*B+b-1.
         slot = torch.arange(n, device=dev)
         last_size = n - (per_epoch - 1) * B
-        w = torch.full((n,), 1.0 / B, device=dev)
+        w = torch.full((n,), 1.0 / B, dtype=torch.float32, device=dev)
         w[(per_epoch - 1) * B:] = 1.0 / last_size
         for epoch in range(epochs[k]):
             plan = epoch_plan(data, cid, s.seed, server_round, epoch, s.augment)
@@ -135,7 +135,7 @@ def layout_chunk(data: NodeData, client_ids: list[int], settings: LocalSettings,
         last[k, (epochs[k] - 1) * per_epoch: epochs[k] * per_epoch] = True
     shape = (K, T, B)
     weight = weight.view(shape)
-    steps_t = torch.tensor(steps)
+    steps_t = torch.tensor(steps)  # on the CPU: bookkeeping the host reads (``active``, losses)
     return ChunkLayout(
         client_ids=list(client_ids),
         steps=steps_t,
@@ -280,13 +280,17 @@ class BatchedTrainer:
                 loss = loss + extra
         return loss, ce.detach()
 
+    def _round(self, task: CohortTask) -> _Round:
+        """What the chunks of ``task`` share: the global model and shared inputs on the device."""
+        dev = self.data.device
+        return _Round(task, {n: v.to(dev) for n, v in task.global_params.items()},
+                      term_inputs(self.terms, task.inputs.shared, dev),
+                      dict(task.inputs.per_client),
+                      {c: i for i, c in enumerate(task.client_ids)})
+
     def train(self, task: CohortTask) -> CohortResult:
         sizes = {c: self.data.client_size(c) for c in task.client_ids}
-        dev = self.data.device
-        rnd = _Round(task, {n: v.to(dev) for n, v in task.global_params.items()},
-                     term_inputs(self.terms, task.inputs.shared, dev),
-                     dict(task.inputs.per_client),
-                     {c: i for i, c in enumerate(task.client_ids)})
+        rnd = self._round(task)
         t0 = time.perf_counter()
         groups = share_out(sizes, self.settings, self.workers)
         on_cpu = self.data.device.type == "cpu"
@@ -390,8 +394,20 @@ class BatchedTrainer:
                      grad_fn: Callable[..., Any]
                      ) -> tuple[dict[str, torch.Tensor], list[float], float, float]:
         """SGD for one chunk; returns weights, last-epoch mean CE, computed and real samples."""
+        params, ce_sums = self._run_steps(inputs, layout, grad_fn)
+        computed = float(layout.indices.shape[2] * sum(layout.active))
+        real = float((layout.sample_weight > 0).sum())
+        sums = ce_sums.tolist()
+        losses = [sums[i] / max(self.data.client_size(c), 1)
+                  for i, c in enumerate(layout.client_ids)]
+        return params, losses, computed, real
+
+    def _run_steps(self, inputs: _ChunkInputs, layout: ChunkLayout,
+                   grad_fn: Callable[..., Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The chunk's local SGD, all on the device: the clients' weights and each client's
+        cross-entropy summed over its last epoch ([K]); nothing here reads back to the host."""
         s, data, dev = self.settings, self.data, self.data.device
-        K, T, B = layout.indices.shape
+        K, T = layout.indices.shape[:2]
         names = list(inputs.global_params)
         if inputs.per_client:  # clients of several runs: each from its own run's model
             params = {n: v.clone() for n, v in inputs.global_params.items()}
@@ -399,7 +415,8 @@ class BatchedTrainer:
             params = {n: v.unsqueeze(0).repeat(K, *([1] * v.dim()))
                       for n, v in inputs.global_params.items()}
         bufs = {n: torch.zeros_like(v) for n, v in params.items()}
-        ce_sum = torch.zeros(K, T, device=dev)  # per client and step: CE summed over the batch
+        # per client and step: CE summed over the batch
+        ce_sum = torch.zeros(K, T, dtype=torch.float32, device=dev)
         now, h, last_k = inputs, {}, -1
         for t, k in enumerate(layout.active):
             idx = layout.indices[:k, t]
@@ -442,10 +459,6 @@ class BatchedTrainer:
                     torch._foreach_addcmul_(active, buf, h["neg-lr"])
                 for term in self._steps_after:
                     term.after_step(current, now.shared[term.name], now.own[term.name], s.lr)
-        computed = float(B * sum(layout.active))
-        real = float((layout.sample_weight > 0).sum())
         # Each client's own steps only: a sum of the same length in any chunk, so the same bits.
         steps = layout.steps.tolist()
-        sums = torch.stack([ce_sum[i, :steps[i]].sum() for i in range(K)]).tolist()
-        losses = [sums[i] / max(data.client_size(c), 1) for i, c in enumerate(layout.client_ids)]
-        return params, losses, computed, real
+        return params, torch.stack([ce_sum[i, :steps[i]].sum() for i in range(K)])

@@ -29,6 +29,8 @@ def epoch_plan(data: NodeData, client_id: int, seed: int, server_round: int, epo
     stream_seed, stream_id = data.stream(client_id, seed)
     gen = epoch_generator(stream_seed, server_round, stream_id, epoch)
     part = data.partitions[client_id]
+    # Drawn on the CPU from the CPU generator and moved: a client sees the same batches and
+    # augmentation on every device (a CPU generator cannot draw on a GPU anyway).
     perm = torch.randperm(part.numel(), generator=gen).to(data.device)
     offsets = flips = None
     if with_augment:

@@ -76,10 +76,14 @@ def _average(x: Tensor, p: Tensor) -> Tensor:
 
 
 def finite_clients(stacked: Mapping[str, Tensor]) -> Tensor:
-    """[K] bool on the CPU: is every weight of client k finite? (What may be merged at all.)"""
-    flags = [torch.isfinite(v.detach().reshape(v.shape[0], -1)).all(dim=1).cpu()
+    """[K] bool on the CPU: is every weight of client k finite? (What may be merged at all.)
+
+    The flags are reduced where the weights live and copied to the CPU once, not once per
+    parameter."""
+    device = next(iter(stacked.values())).device
+    flags = [torch.isfinite(v.detach().reshape(v.shape[0], -1)).all(dim=1).to(device)
              for v in stacked.values()]
-    return torch.stack(flags).all(dim=0)
+    return torch.stack(flags).all(dim=0).cpu()
 
 
 def weighted_average(stacked: Mapping[str, Tensor], weights: Tensor) -> dict[str, Tensor]:
@@ -146,7 +150,8 @@ def _low_rank_sum(
     q = min(k + oversampling, rows, cols)
     u, s, v = torch.svd_lowrank(d, q=q, niter=niter)
     u, s, vh = u[..., :k], s[..., :k], v[..., :k].mT
-    left = u * (s * p.to(d.dtype).unsqueeze(1)).unsqueeze(1)  # [K, rows, k]
+    p = p.to(device=d.device, dtype=d.dtype)  # p is on the weights' device, often the CPU
+    left = u * (s * p.unsqueeze(1)).unsqueeze(1)  # [K, rows, k]
     left = left.permute(1, 0, 2).reshape(rows, n_clients * k)
     return left @ vh.reshape(n_clients * k, cols)
 

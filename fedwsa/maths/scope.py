@@ -51,6 +51,16 @@ def _mean_std(x: Tensor, dim: int | None = None) -> tuple[Tensor, Tensor]:
     return mu, torch.sqrt(torch.clamp(var, min=_VAR_MIN))
 
 
+def _empty_scopes(like: Tensor | None, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Empty (mu, sigma) on ``like``'s device, in its dtype when floating (scopes of no layer);
+    the default float dtype on the CPU without a tensor to follow."""
+    if like is None:
+        return torch.zeros(shape), torch.zeros(shape)
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    return (torch.zeros(shape, dtype=dtype, device=like.device),
+            torch.zeros(shape, dtype=dtype, device=like.device))
+
+
 def layer_scope(w: Tensor) -> tuple[Tensor, Tensor]:
     """Scope (mu, sigma) of one layer over all its elements (METHODS.md section 1).
 
@@ -66,8 +76,9 @@ def stacked_scopes(stacked: Mapping[str, Tensor], names: Sequence[str]) -> tuple
     With no names the result is [K, 0].
     """
     if not names:
-        k = next(iter(stacked.values())).shape[0] if stacked else 0
-        return torch.zeros(k, 0), torch.zeros(k, 0)
+        like = next(iter(stacked.values()), None)
+        k = like.shape[0] if like is not None else 0
+        return _empty_scopes(like, (k, 0))
     mus: list[Tensor] = []
     sigmas: list[Tensor] = []
     for name in names:
@@ -81,7 +92,7 @@ def stacked_scopes(stacked: Mapping[str, Tensor], names: Sequence[str]) -> tuple
 def model_scopes(params: Mapping[str, Tensor], names: Sequence[str]) -> tuple[Tensor, Tensor]:
     """Scopes of one model's named layers, shapes [L] (round 1's target, `global` fusion)."""
     if not names:
-        return torch.zeros(0), torch.zeros(0)
+        return _empty_scopes(next(iter(params.values()), None), (0,))
     scopes = [layer_scope(params[name]) for name in names]
     mu = torch.stack([m for m, _ in scopes])
     sigma = torch.stack([s for _, s in scopes])
@@ -121,11 +132,13 @@ def _normalised(weights: Tensor, k: int, like: Tensor) -> Tensor:
     if weights.ndim != 1 or weights.shape[0] != k:
         raise ValueError(f"weights must be a 1-D tensor of length K={k}, got shape "
                          f"{tuple(weights.shape)}")
-    w = weights.to(dtype=like.dtype, device=like.device)
+    # Checked and normalised where the weights live (the CPU, usually: no device sync), then
+    # moved to the scopes' device.
+    w = weights.to(dtype=like.dtype)
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not bool(w.sum() > 0):
         raise ValueError(f"weights must be finite, non-negative with a positive sum, got "
                          f"{weights.tolist()}")
-    return w / w.sum()
+    return (w / w.sum()).to(like.device)
 
 
 def fuse_scopes(
@@ -179,7 +192,8 @@ def align_to_scope(
     for i, name in enumerate(names):
         w = params[name]
         mu, sigma = layer_scope(w)
-        out[name] = (mu_t[i] + (w - mu) * (sigma_t[i] / sigma)).to(w.dtype)
+        target_mu, target_sigma = mu_t[i].to(w.device), sigma_t[i].to(w.device)
+        out[name] = (target_mu + (w - mu) * (target_sigma / sigma)).to(w.dtype)
     return out
 
 

@@ -55,7 +55,20 @@ def evaluate(model: nn.Module, params: dict[str, torch.Tensor], images: torch.Te
 def _evaluate_stack(model: nn.Module, params: Sequence[dict[str, torch.Tensor]],
                     images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
                     std: torch.Tensor) -> list[tuple[float, float]]:
+    loss_sum, correct = _stack_sums(model, params, images, labels, mean, std)
+    n = max(len(images), 1)
+    return [(float(loss) / n, float(right) / n)
+            for loss, right in zip(loss_sum.tolist(), correct.tolist(), strict=True)]
+
+
+def _stack_sums(model: nn.Module, params: Sequence[dict[str, torch.Tensor]],
+               images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+               std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per weight set, the summed cross-entropy (float64) and the number of correct
+    predictions (int64) over ``images``, both on the images' device (weights and labels are
+    moved there)."""
     device = images.device
+    labels = labels.to(device)
     stacked = {k: torch.stack([p[k].to(device) for p in params]) for k in params[0]}
     num_models = len(params)
     forward = vmap(lambda p, x: functional_call(model, p, (x,)), in_dims=(0, None))
@@ -68,6 +81,4 @@ def _evaluate_stack(model: nn.Module, params: Sequence[dict[str, torch.Tensor]],
         losses = F.cross_entropy(logits.flatten(0, 1), y.repeat(num_models), reduction="none")
         loss_sum += losses.view(num_models, -1).sum(dim=1).double()
         correct += (logits.argmax(dim=2) == y).sum(dim=1)
-    n = max(len(images), 1)
-    return [(float(loss) / n, float(right) / n)
-            for loss, right in zip(loss_sum.tolist(), correct.tolist(), strict=True)]
+    return loss_sum, correct

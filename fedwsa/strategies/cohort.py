@@ -131,9 +131,12 @@ class CohortStrategy(Strategy):
         # the regularised ones; a layer outside them gets its own pass).
         scoped = all_names + [n for n in names if n not in all_names]
         mu_all, sigma_all = stacked_scopes(updates.params, scoped)
-        rows = torch.tensor([scoped.index(n) for n in names], dtype=torch.long)
+        rows = torch.tensor([scoped.index(n) for n in names], dtype=torch.long,
+                            device=mu_all.device)
         mu, sigma = mu_all[:, rows], sigma_all[:, rows]
-        kl = scope_kl(mu.double(), sigma.double(), mu_t.double(), sigma_t.double()).sum(dim=1)
+        # The target (kept on the CPU) comes to the clients' scopes, in float64.
+        kl = scope_kl(mu.double(), sigma.double(), mu_t.to(mu.device, torch.float64),
+                      sigma_t.to(mu.device, torch.float64)).sum(dim=1)
         spread = sigma_spread(sigma_all[:, :len(all_names)])
         return {"wsa-kl": float(kl.mean()), "scope-sigma-spread": spread}
 
