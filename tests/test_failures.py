@@ -266,7 +266,8 @@ def test_a_run_whose_node_always_fails_keeps_its_model_below_min_clients(
     assert [r["global-updated"] for r in rows[1:]] == [0, 0]
     assert rows[1]["test-accuracy"] == rows[2]["test-accuracy"] == rows[0]["test-accuracy"]
     assert rows[1]["test-loss"] == rows[2]["test-loss"] == rows[0]["test-loss"]
-    assert json.loads((kept / "result.json").read_text())["status"] == "finished"
+    result = json.loads((kept / "result.json").read_text())  # over, but never updated
+    assert result["status"] == "no-update" and result["rounds-without-update"] == 2
 
     moved = run_federation(LocalGrid([1, 2], failing_nodes=[2]),
                            base.replace(run_dir=str(tmp_path / "moved"), min_clients=1))
