@@ -20,7 +20,7 @@ from fedwsa.config import (
     markdown_table,
     parse_overrides,
 )
-from fedwsa.dirs import check_writable, exclusive
+from fedwsa.dirs import exclusive
 from fedwsa.results.files import NO_UPDATE, TruncatedMetricsWarning, read_result
 from fedwsa.results.tensorboard import TENSORBOARD_DIR
 from fedwsa.server.checkpoint import CHECKPOINT_FILE
@@ -81,8 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():  # Ray would build no actor and the run would hang
             raise ConfigError("--num-gpus", args.num_gpus, "0 (no CUDA device is visible here)")
     config = check_inputs(config)
-    run_dir = Path(config.run_dir)
-    check_writable("run-dir", run_dir)
+    run_dir = Path(config.run_dir)  # checked writable by preflight
     if stop.requested() is not None:
         print("fedwsa: interrupted before the run started; nothing was written",
               file=sys.stderr)

@@ -39,6 +39,7 @@ from fedwsa.config import HARMLESS_KEYS, KEYS_BY_NAME, Config, ConfigError, make
 from fedwsa.data import train_set_key
 from fedwsa.dirs import check_writable, exclusive
 from fedwsa.results.files import (
+    ENDED,
     GRID_FILE,
     NO_UPDATE,
     format_value,
@@ -603,7 +604,7 @@ def _run_plan(spec: GridSpec, out: Path, cells: list[Cell], plan: Plan, stream: 
                 status = (read_result(cell.path) or {}).get("status")
                 if error is None and status == NO_UPDATE:
                     error = "no round updated the global model (every client failed)"
-                elif error is None and not is_finished(cell.path):
+                elif error is None and status not in ENDED:
                     error = "the run ended without result.json"
                 if error is not None:
                     failed.append((cell, error))
