@@ -5,7 +5,8 @@
 #   1. the CUDA-only tests (batched trainer on the GPU vs the CPU sequential reference, ...);
 #   2. NIID-Bench's setting end to end with `fedwsa run` (10 clients, Dirichlet 0.5, 10 local
 #      epochs, batch 64, NIID_ROUNDS rounds), per-round wall time from metrics.jsonl;
-#   3. benchmarks/speed.py --device cuda at CLIENTS clients per round, all four layouts;
+#   3. benchmarks/speed.py --device cuda at CLIENTS clients per round, all five layouts (the
+#      last, (c'), is (c) with node-aggregate=false: every client's weights sent back);
 #   4. benchmarks/grid.py --device cuda: a grid stacked (one federation) vs one by one;
 #   5. benchmarks/round_cost.py --device cuda: fedwsa's own cost of a round outside training.
 # CIFAR-10 does not fit in the transfer beside the wheels, so the data are a CIFAR-10-shaped

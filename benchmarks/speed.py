@@ -8,7 +8,10 @@ batch 32, every client trained every round) runs through Flower's simulation eng
     sequential trainer. Ray runs ``cpu_count`` actors of 1 CPU each (on a GPU, actors of 0.25
     GPU), each process trains one client per Message.
 (b) one SuperNode holding every client, sequential trainer (one Message per round).
-(c) one SuperNode, batched trainer (``vmap`` over the stacked clients).
+(c) one SuperNode, batched trainer (``vmap`` over the stacked clients). The node replies
+    with its clients' weighted sum (``node-aggregate``, on by default).
+(c') the same with ``node-aggregate=false``: every client's weights go back to the server, as
+    before the node summed them; ``node-sums`` is (c')'s round time over (c)'s.
 (d) the batched trainer alone: ``BatchedTrainer.train`` called directly on the same cohort in
     this process, no Flower, no Messages, no serialisation.
 
@@ -54,18 +57,21 @@ import torch  # noqa: E402
 
 from fedwsa.config import Config, make_config  # noqa: E402
 
-LAYOUTS = ("classic", "sequential", "batched", "trainer")
+LAYOUTS = ("classic", "sequential", "batched", "trainer", "weights")
 LABELS = {
     "classic": "(a) classic: 1 client per SuperNode, sequential",
     "sequential": "(b) 1 SuperNode, sequential trainer",
     "batched": "(c) 1 SuperNode, batched trainer",
     "trainer": "(d) batched trainer alone, no Flower",
+    "weights": "(c') (c), every client's weights sent back",
 }
 CLASSIC_GPU_SHARE = 0.25  # (a) on a GPU: 4 client actors share each GPU, as Flower's examples do
 
 
-def bench_config(args: argparse.Namespace, run_dir: str, trainer: str) -> Config:
-    """The benchmark's one config; only the trainer and run directory change per layout."""
+def bench_config(args: argparse.Namespace, run_dir: str, trainer: str,
+                 node_aggregate: bool = True) -> Config:
+    """The benchmark's one config; only the trainer, what a node sends back (``weights``
+    layout) and the run directory change per layout."""
     return make_config({
         "dataset": "cifar10" if args.data_root else "synthetic",
         "data-root": args.data_root,
@@ -86,6 +92,7 @@ def bench_config(args: argparse.Namespace, run_dir: str, trainer: str) -> Config
         "seed": args.seed,
         "run-dir": run_dir,
         "strategy": args.strategy,
+        "node-aggregate": node_aggregate,
     })
 
 
@@ -139,12 +146,13 @@ def run_flower(args: argparse.Namespace, layout: str, workdir: Path) -> dict[str
     """One simulated run of the layout; its per-round seconds (rounds 2..R)."""
     from fedwsa.server.simulation import simulate
 
-    trainer = "batched" if layout == "batched" else "sequential"
+    trainer = "batched" if layout in ("batched", "weights") else "sequential"
     nodes = args.clients if layout == "classic" else 1
     gpus = 0.0
     if args.device == "cuda":
         gpus = CLASSIC_GPU_SHARE if layout == "classic" else 1.0
-    config = bench_config(args, str(workdir / layout), trainer)
+    config = bench_config(args, str(workdir / layout), trainer,
+                          node_aggregate=layout != "weights")
     start = time.perf_counter()
     with timed_evaluations() as eval_s:
         run_dir = simulate(config, num_supernodes=nodes, num_gpus=gpus,
@@ -263,6 +271,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         if "trainer" in t:
             summary["flower_overhead"] = 1.0 - t["trainer"] / t["batched"]
             parts.append(f"flower-overhead={100 * summary['flower_overhead']:.0f}%")
+        if "weights" in t:
+            summary["node_sums_speedup"] = t["weights"] / t["batched"]
+            parts.append(f"node-sums={summary['node_sums_speedup']:.2f}x")
+            if "trainer" in t:
+                summary["flower_overhead_weights"] = 1.0 - t["trainer"] / t["weights"]
+                parts.append(f"(flower-overhead with every client's weights "
+                             f"{100 * summary['flower_overhead_weights']:.0f}%)")
         print("speedup " + " ".join(parts))
     report: dict[str, object] = {
         "config": {"dataset": "cifar10" if args.data_root else "synthetic",

@@ -78,6 +78,11 @@ KEYS: tuple[Key, ...] = (
          "Batched trainer: most clients trained at once (0 = a node's whole cohort on a "
          "GPU, 16 per worker thread on a CPU)."),
     key("precision", "fp32", choice(*PRECISIONS), "Batched trainer: autocast precision."),
+    key("node-aggregate", True, boolean(),
+        "Nodes reply with the weighted sum of their clients' weights (and each client's layer "
+        "scopes), one model instead of one per client, where the strategy's merge is linear "
+        "in them (all but cart, fedwsa-cart, scaffold, fedwsa-scaffold; not with "
+        "save-client-models); float64 sums, so the result does not depend on the nodes."),
     key("strategy", "fedavg", choice(*STRATEGIES),
         "Strategy preset (README, \"Strategies\"); combines with server-opt."),
     key("seed", 0, integer(0),
@@ -113,6 +118,7 @@ RESUMABLE_KEYS: frozenset[str] = frozenset({
     "device",               # continue a GPU run on another machine (numerics may differ)
     "data-root",            # the same data may live somewhere else now
     "max-batched-clients",  # a memory knob: lower it after running out of GPU memory
+    "node-aggregate",       # where the clients' weights are summed (float64 round-off only)
     "scaffold-store",       # the store may have been moved (its id is checked on resume)
     "save-client-models",   # what is kept from now on, never what is trained
     "tensorboard",          # what is logged from now on, never what is trained
@@ -125,7 +131,7 @@ refused (the message names each differing key and both values).
 
 HARMLESS_KEYS: frozenset[str] = frozenset(
     {"run-dir", "resume", "device", "data-root", "max-batched-clients", "checkpoint-every",
-     "scaffold-store", "tensorboard"})
+     "scaffold-store", "tensorboard", "node-aggregate"})
 """Keys that change neither what a run trains nor what it records (bookkeeping, and where or
 how fast it runs): ``compare`` lets a cell's directory differ from the grid in these."""
 assert HARMLESS_KEYS <= RESUMABLE_KEYS <= set(KEYS_BY_NAME)
@@ -161,6 +167,7 @@ class Config:
     trainer: str
     max_batched_clients: int
     precision: str
+    node_aggregate: bool
     strategy: str
     seed: int
     device: str

@@ -4,7 +4,10 @@ The server sends each node ONE Message: the global arrays, the run config, the i
 clients it trains, arrays shared by all of them and per-client arrays stacked in client order
 (the algorithms' inputs, namespaced by the algorithm that reads them). The node replies with
 ONE Message carrying its clients' weights and per-client output arrays stacked on a leading
-client axis, plus per-client scalars as lists (DESIGN.md, "The one idea"). Nothing here names an
+client axis, plus per-client scalars as lists (DESIGN.md, "The one idea"). When the request
+asks for it (``reduce``; the strategy's merge is linear, ``node-aggregate``), the weights come
+back summed instead: sum_i c_i theta_i over the node's clients in float64 with every client's
+layer scopes, one model on the wire instead of one per client. Nothing here names an
 algorithm. Both sides use the functions here, so the record keys live in one place.
 
 One federation may serve several runs at once (``fedwsa compare`` stacks a grid's cells): the
@@ -15,6 +18,7 @@ is a bundle of one.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,11 +27,12 @@ from typing import Any, NamedTuple
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedwsa.algorithms.base import take_rows
-from fedwsa.maths.merging import finite_clients
+from fedwsa.algorithms.base import ClientScopes, take_rows
+from fedwsa.maths.merging import finite_clients, weighted_sums
+from fedwsa.maths.scope import regularised_names, stacked_scopes
 
 ARRAYS, CONFIG, METRICS, FAILURES, STATS = "arrays", "config", "metrics", "failures", "stats"
-SHARED, PER_CLIENT, OUTPUTS = "shared", "per-client", "outputs"
+SHARED, PER_CLIENT, OUTPUTS, SCOPES = "shared", "per-client", "outputs", "scopes"
 TAGS, ERROR = "bundle-tags", "error"
 
 
@@ -41,6 +46,7 @@ class TrainRequest:
     global_params: dict[str, torch.Tensor]
     shared: dict[str, torch.Tensor] = field(default_factory=dict)
     per_client: dict[str, torch.Tensor] = field(default_factory=dict)
+    reduce: bool = False  # reply with the clients' weighted sum (``TrainReply.summed``)
 
 
 class ClientRow(NamedTuple):
@@ -56,7 +62,10 @@ class ClientRow(NamedTuple):
 
 @dataclass
 class TrainReply:
-    """One node's answer: the trained clients' stacked weights and per-client metrics."""
+    """One node's answer: the trained clients' stacked weights and per-client metrics.
+
+    A summed reply (``summed``) has no per-client ``params``: ``sums`` holds sum_i c_i theta_i
+    over ``client_ids`` (float64) and ``scopes`` each client's layer scopes."""
 
     client_ids: list[int]
     params: dict[str, torch.Tensor]
@@ -66,6 +75,20 @@ class TrainReply:
     stats: dict[str, float] = field(default_factory=dict)
     steps: list[int] = field(default_factory=list)
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    sums: dict[str, torch.Tensor] | None = None
+    scopes: ClientScopes | None = None
+
+    def summed(self, coefficients: torch.Tensor) -> TrainReply:
+        """The reply with its clients' weights replaced by sum_i c_i theta_i (float64, on
+        their device) and their scopes over every regularised layer: what a linear merge and
+        the scope metrics read. Computed where the weights are, so only one model is copied
+        off the device and sent."""
+        names = regularised_names(self.params, stacked=True)
+        mu, sigma = stacked_scopes(self.params, names)
+        return TrainReply(self.client_ids, {}, self.num_examples, self.train_loss,
+                          dict(self.failures), dict(self.stats), self.steps, self.outputs,
+                          sums=weighted_sums(self.params, coefficients),
+                          scopes=ClientScopes(names, mu, sigma))
 
     @classmethod
     def from_rows(cls, rows: Sequence[ClientRow], like: Mapping[str, torch.Tensor],
@@ -90,7 +113,7 @@ class TrainReply:
         """Several nodes' replies as one, clients sorted by id (so an aggregate does not depend
         on how clients were spread over nodes). One concatenation, and one reordering only
         when needed: a single node's reply in id order is used as it is, not copied."""
-        answered = [r for r in replies if r.client_ids]
+        answered = sorted((r for r in replies if r.client_ids), key=lambda r: min(r.client_ids))
         ids = [c for r in answered for c in r.client_ids]
         order = sorted(range(len(ids)), key=ids.__getitem__)
 
@@ -102,9 +125,28 @@ class TrainReply:
                 out = {n: torch.cat([get(r)[n] for r in answered]) for n in names}
             return out if order == list(range(len(order))) else take_rows(out, order)
 
+        sums: dict[str, torch.Tensor] | None = None
+        scopes: ClientScopes | None = None
         if not answered:
             params = {n: v.new_empty((0, *v.shape)) for n, v in like.items()}
             outputs: dict[str, torch.Tensor] = {}
+        elif any(r.sums is not None for r in answered):
+            summed = [(r.sums, r.scopes) for r in answered
+                      if r.sums is not None and r.scopes is not None]
+            if len(summed) != len(answered):
+                raise ValueError("some nodes sent their clients' weights and others their sum")
+            params = {}
+            # Added in the order of the nodes' first client ids: the same sum whichever node
+            # answered first.
+            sums = {n: functools.reduce(torch.add, [s[n] for s, _ in summed])
+                    for n in summed[0][0]}
+            mu, sigma = (torch.cat([getattr(sc, part) for _, sc in summed])
+                         for part in ("mu", "sigma"))
+            if order != list(range(len(order))):
+                index = torch.tensor(order, dtype=torch.long)
+                mu, sigma = mu[index], sigma[index]
+            scopes = ClientScopes(summed[0][1].names, mu, sigma)
+            outputs = joined(lambda r: r.outputs, answered[0].outputs)
         else:
             params = joined(lambda r: r.params, like)
             outputs = joined(lambda r: r.outputs, answered[0].outputs)
@@ -117,10 +159,12 @@ class TrainReply:
                    num_examples=flat(lambda r: r.num_examples),
                    train_loss=flat(lambda r: r.train_loss), failures=dict(failures or {}),
                    steps=flat(lambda r: r.steps) if all(r.steps for r in answered) else [],
-                   outputs=outputs)
+                   outputs=outputs, sums=sums, scopes=scopes)
 
     def rows(self) -> list[ClientRow]:
         """The reply, one client at a time."""
+        if self.sums is not None:
+            raise ValueError("a summed reply has no per-client weights")
         return [ClientRow(cid, {n: v[i] for n, v in self.params.items()},
                           self.num_examples[i], self.train_loss[i],
                           self.steps[i] if self.steps else 0,
@@ -132,6 +176,12 @@ class TrainReply:
         diverging client must not poison an aggregate; nodes and the server both check)."""
         if not self.client_ids:
             return self
+        if self.sums is not None:  # the node checked each client; a sum is kept or dropped
+            if all(math.isfinite(v) for v in self.train_loss) and all(
+                    bool(torch.isfinite(v).all()) for v in self.sums.values()):
+                return self
+            return TrainReply([], {}, [], [], {**self.failures, **dict.fromkeys(
+                self.client_ids, "non-finite weights (in its node's sum)")}, dict(self.stats))
         finite = finite_clients(self.params)
         failures = dict(self.failures)
         keep: list[int] = []
@@ -150,6 +200,8 @@ class TrainReply:
 
     def select(self, positions: list[int]) -> TrainReply:
         """The reply restricted to the clients at ``positions`` (failures and stats kept)."""
+        if self.sums is not None:
+            raise ValueError("a summed reply cannot be split by client")
         return TrainReply(
             client_ids=[self.client_ids[j] for j in positions],
             params=take_rows(self.params, positions),
@@ -175,6 +227,7 @@ def pack_request(req: TrainRequest) -> RecordDict:
             "server-round": req.server_round,
             "client-ids": list(req.client_ids),
             "run-config": req.run_config,
+            "reduce": req.reduce,
         }),
     })
     if req.shared:
@@ -194,25 +247,30 @@ def unpack_request(content: RecordDict) -> TrainRequest:
         global_params=from_arrays(content.array_records[ARRAYS]),
         shared=from_arrays(shared) if shared is not None else {},
         per_client=from_arrays(per_client) if per_client is not None else {},
+        reduce=bool(config.get("reduce", False)),
     )
 
 
 def pack_reply(reply: TrainReply) -> RecordDict:
     failed = sorted(reply.failures)
     content = RecordDict({
-        ARRAYS: to_arrays(reply.params),
+        ARRAYS: to_arrays(reply.params if reply.sums is None else reply.sums),
         METRICS: MetricRecord({
             "client-ids": list(reply.client_ids),
             "num-examples": [int(n) for n in reply.num_examples],
             "train-loss": [float(v) for v in reply.train_loss],
             "local-steps": [int(n) for n in reply.steps],
             "failed-ids": failed,
+            "summed": int(reply.sums is not None),
         }),
         FAILURES: ConfigRecord({"reasons": [reply.failures[c] for c in failed]}),
         STATS: MetricRecord({k: float(v) for k, v in reply.stats.items()}),
     })
     if reply.outputs:
         content[OUTPUTS] = to_arrays(reply.outputs)
+    if reply.scopes is not None:
+        content[SCOPES] = to_arrays({"mu": reply.scopes.mu, "sigma": reply.scopes.sigma})
+        content[SCOPES + "-names"] = ConfigRecord({"names": list(reply.scopes.names)})
     return content
 
 
@@ -222,15 +280,24 @@ def unpack_reply(content: RecordDict) -> TrainReply:
     failed = [int(c) for c in metrics["failed-ids"]]
     stats = content.metric_records.get(STATS)
     outputs = content.array_records.get(OUTPUTS)
+    arrays = from_arrays(content.array_records[ARRAYS])
+    summed = bool(metrics.get("summed", 0))
+    scopes = None
+    if summed:
+        record = from_arrays(content.array_records[SCOPES])
+        names = [str(n) for n in content.config_records[SCOPES + "-names"]["names"]]
+        scopes = ClientScopes(names, record["mu"], record["sigma"])
     return TrainReply(
         client_ids=[int(c) for c in metrics["client-ids"]],
-        params=from_arrays(content.array_records[ARRAYS]),
+        params={} if summed else arrays,
         num_examples=[int(n) for n in metrics["num-examples"]],
         train_loss=[float(v) for v in metrics["train-loss"]],
         failures=dict(zip(failed, reasons, strict=True)),
         stats={k: float(v) for k, v in (stats or {}).items()},
         steps=[int(n) for n in metrics.get("local-steps", [])],
         outputs=from_arrays(outputs) if outputs is not None else {},
+        sums=arrays if summed else None,
+        scopes=scopes,
     )
 
 

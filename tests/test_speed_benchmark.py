@@ -40,7 +40,7 @@ def test_round_seconds_subtract_evaluation_and_skip_round_one(tmp_path: Path) ->
 
 def test_a_tiny_run_reports_consistent_figures(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """4 clients, 3 rounds, all four layouts: the summary line and the JSON agree with the
+    """4 clients, 3 rounds, all five layouts: the summary line and the JSON agree with the
     per-round figures they are derived from."""
     speed = load_speed()
     out = tmp_path / "speed.json"
@@ -50,7 +50,7 @@ def test_a_tiny_run_reports_consistent_figures(tmp_path: Path,
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
 
     layouts = report["layouts"]
-    assert list(layouts) == ["classic", "sequential", "batched", "trainer"]
+    assert list(layouts) == ["classic", "sequential", "batched", "trainer", "weights"]
     assert layouts["classic"]["supernodes"] == 4 and layouts["batched"]["supernodes"] == 1
     images = report["config"]["images_per_round"]
     for rec in layouts.values():
@@ -60,6 +60,8 @@ def test_a_tiny_run_reports_consistent_figures(tmp_path: Path,
     # Every Flower layout trains the same clients to the same model: same accuracies.
     acc = [layouts[k]["test_accuracy"] for k in ("classic", "sequential", "batched")]
     assert acc[0] == pytest.approx(acc[1], abs=1e-3) and acc[1] == pytest.approx(acc[2], abs=1e-3)
+    # Summed on the node or not: the same model.
+    assert layouts["weights"]["test_accuracy"] == pytest.approx(acc[2], abs=1e-6)
 
     t = {k: v["mean_round_s"] for k, v in layouts.items()}
     summary = report["summary"]
@@ -67,13 +69,18 @@ def test_a_tiny_run_reports_consistent_figures(tmp_path: Path,
     assert summary["speedup_batched_vs_sequential"] == pytest.approx(
         t["sequential"] / t["batched"])
     assert summary["flower_overhead"] == pytest.approx(1 - t["trainer"] / t["batched"])
+    assert summary["node_sums_speedup"] == pytest.approx(t["weights"] / t["batched"])
+    assert summary["flower_overhead_weights"] == pytest.approx(1 - t["trainer"] / t["weights"])
     last = printed.strip().splitlines()[-1]
     match = re.fullmatch(r"speedup batched/classic=([\d.]+)x batched/sequential=([\d.]+)x "
-                         r"flower-overhead=(-?\d+)%", last)
+                         r"flower-overhead=(-?\d+)% node-sums=([\d.]+)x \(flower-overhead "
+                         r"with every client's weights (-?\d+)%\)", last)
     assert match, last
     assert float(match[1]) == pytest.approx(summary["speedup_batched_vs_classic"], abs=0.051)
     assert float(match[2]) == pytest.approx(summary["speedup_batched_vs_sequential"], abs=0.051)
     assert int(match[3]) == round(100 * summary["flower_overhead"])
+    assert float(match[4]) == pytest.approx(summary["node_sums_speedup"], abs=0.0051)
+    assert int(match[5]) == round(100 * summary["flower_overhead_weights"])
 
 
 def test_round_cost_profiles_the_stages_of_a_round(tmp_path: Path,

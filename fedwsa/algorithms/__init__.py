@@ -22,6 +22,7 @@ from fedwsa.algorithms.base import (
     ClientInputs,
     ClientTerm,
     ClientUpdates,
+    LinearMerge,
     Merge,
     ServerOptimizer,
     ServerPart,
@@ -147,6 +148,14 @@ class Composition:
         return [*self.parts, self.merge, *([self.optimizer] if self.optimizer else [])]
 
 
+def linear_merge(config: Config) -> LinearMerge | None:
+    """The merge rule of ``config``'s strategy when it is linear in the clients' weights (a
+    node may then send their sum, ``node-aggregate``), else None. Built from the config alone:
+    a node calls this for the clients' coefficients."""
+    merge = MERGES[PRESETS[config.strategy].merge](config)
+    return merge if isinstance(merge, LinearMerge) else None
+
+
 def compose(config: Config, params: Mapping[str, Tensor]) -> Composition:
     """The server-side composition of ``config``'s preset and ``server-opt``."""
     preset = PRESETS[config.strategy]
@@ -157,4 +166,5 @@ def compose(config: Config, params: Mapping[str, Tensor]) -> Composition:
 
 
 __all__ = ["KEYS", "PRESETS", "SERVER_OPTS", "STRATEGIES", "ClientInputs", "ClientTerm",
-           "ClientUpdates", "Composition", "client_terms", "compose", "server_opt_of"]
+           "ClientUpdates", "Composition", "LinearMerge", "client_terms", "compose",
+           "linear_merge", "server_opt_of"]

@@ -35,6 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fedwsa.maths.merging import weighted_sums
+from fedwsa.maths.scope import stacked_scopes
+
 Tensors = dict[str, Tensor]
 
 
@@ -110,9 +113,22 @@ class ClientTerm:
         return {}
 
 
+@dataclass(frozen=True)
+class ClientScopes:
+    """Every client's layer scopes, [K, L] each, over the layers ``names`` (in that order)."""
+
+    names: list[str]
+    mu: Tensor
+    sigma: Tensor
+
+
 @dataclass
 class ClientUpdates:
-    """The round's successful clients, in ascending id order, everything stacked on axis 0."""
+    """The round's successful clients, in ascending id order, everything stacked on axis 0.
+
+    When the nodes aggregated their clients (``sums``, see ``LinearMerge``), ``params`` is
+    empty: ``sums`` holds sum_i c_i theta_i over these clients and ``scopes`` each client's
+    layer scopes, which is all a reducible strategy reads of the clients' weights."""
 
     client_ids: list[int]
     params: Tensors
@@ -122,6 +138,8 @@ class ClientUpdates:
     outputs: Tensors = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    sums: Tensors | None = None
+    scopes: ClientScopes | None = None
 
     @property
     def weights(self) -> Tensor:
@@ -129,11 +147,22 @@ class ClientUpdates:
         n = self.num_examples.to(torch.float64)
         return (n / n.sum()).to(torch.float32)
 
+    def client_scopes(self, names: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Every client's (mu, sigma) of layers ``names``, [K, L] each: from the nodes' scopes
+        when they sent them, else computed from the clients' weights."""
+        if self.scopes is None:
+            return stacked_scopes(self.params, names)
+        rows = [self.scopes.names.index(n) for n in names]
+        return self.scopes.mu[:, rows], self.scopes.sigma[:, rows]
+
 
 class ServerPart:
     """The server-side piece of an algorithm; every hook's default does nothing."""
 
     name = ""
+    needs_client_weights = False
+    """Does ``after_merge`` read the clients' own weights (not only their scopes)? Then the
+    nodes must send every client's weights, never their sum (``LinearMerge``)."""
 
     def client_inputs(self, server_round: int, global_params: Mapping[str, Tensor],
                       client_ids: Sequence[int]) -> ClientInputs:
@@ -175,6 +204,30 @@ class Merge(ServerPart, ABC):
     def merge(self, server_round: int, global_params: Mapping[str, Tensor],
               updates: ClientUpdates) -> Tensors:
         """The merged model of this round's clients."""
+
+
+class LinearMerge(Merge):
+    """A merge that is a function of sum_i c_i theta_i, with c_i from each client's example
+    and step counts: a node can send that sum over its clients instead of their weights (one
+    model instead of K on the wire), and the server adds the nodes' sums (``node-aggregate``).
+    """
+
+    @abstractmethod
+    def coefficients(self, num_examples: Tensor, steps: Tensor) -> Tensor:
+        """c_i (float64) of each client, from its example count n_i and local steps."""
+
+    @abstractmethod
+    def from_sums(self, global_params: Mapping[str, Tensor], sums: Mapping[str, Tensor],
+                  updates: ClientUpdates) -> Tensors:
+        """The merged model from ``sums`` = sum_i c_i theta_i (float64) over ``updates``."""
+
+    def merge(self, server_round: int, global_params: Mapping[str, Tensor],
+              updates: ClientUpdates) -> Tensors:
+        sums = updates.sums
+        if sums is None:
+            c = self.coefficients(updates.num_examples, updates.steps)
+            sums = weighted_sums(updates.params, c)
+        return self.from_sums(global_params, sums, updates)
 
 
 class ServerOptimizer(ServerPart, ABC):

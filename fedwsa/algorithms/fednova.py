@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from fedwsa.algorithms.base import ClientUpdates, Merge, Tensors
+from fedwsa.algorithms.base import ClientUpdates, LinearMerge, Tensors
 
 if TYPE_CHECKING:
     from fedwsa.config import Config
@@ -39,7 +39,10 @@ def normaliser(steps: Tensor, momentum: float) -> Tensor:
     return (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
 
 
-class FedNovaMerge(Merge):
+class FedNovaMerge(LinearMerge):
+    """theta_g - tau_eff * sum_i (n_i / a_i)(theta_g - theta_i) / N, N = sum_i n_i: linear in
+    sum_i c_i theta_i with c_i = n_i / a_i, so nodes may send that sum."""
+
     name = NAME
 
     def __init__(self, config: Config) -> None:
@@ -48,19 +51,22 @@ class FedNovaMerge(Merge):
     def describe(self) -> str:
         return f"fednova: normalised averaging, client momentum {self.momentum:g}"
 
-    def merge(self, server_round: int, global_params: Mapping[str, Tensor],
-              updates: ClientUpdates) -> Tensors:
-        if updates.steps.numel() != len(updates.client_ids) or bool((updates.steps < 1).any()):
+    def coefficients(self, num_examples: Tensor, steps: Tensor) -> Tensor:
+        if steps.numel() != num_examples.numel() or bool((steps < 1).any()):
             raise ValueError(f"fednova needs every client's local step count (>= 1), got "
-                             f"{updates.steps.tolist()} for clients {updates.client_ids}")
-        p = updates.weights.to(torch.float64)
-        a = normaliser(updates.steps.to(p.device), self.momentum)
-        coeff = p / a                       # weight of each client's (theta_g - theta_i)
-        tau_eff = float((p * a).sum())
+                             f"{steps.tolist()} for {num_examples.numel()} clients")
+        return num_examples.to(torch.float64) / normaliser(steps.cpu(), self.momentum)
+
+    def from_sums(self, global_params: Mapping[str, Tensor], sums: Mapping[str, Tensor],
+                  updates: ClientUpdates) -> Tensors:
+        n = updates.num_examples.to(torch.float64)
+        a = normaliser(updates.steps.cpu(), self.momentum)
+        c = self.coefficients(updates.num_examples, updates.steps)
+        total, tau_eff = float(n.sum()), float((n * a).sum() / n.sum())
+        coeff_sum = float(c.sum())
         out: Tensors = {}
-        for name, stacked in updates.params.items():
-            g = global_params[name].to(stacked.device, torch.float64)
-            diff = g.unsqueeze(0) - stacked.to(torch.float64)
-            d = torch.tensordot(coeff.to(stacked.device), diff, dims=1)
-            out[name] = (g - tau_eff * d).to(stacked.dtype)
+        for name, s in sums.items():
+            g = global_params[name].to(s.device, torch.float64)
+            d = (g * coeff_sum - s) / total   # sum_i p_i (theta_g - theta_i) / a_i
+            out[name] = (g - tau_eff * d).to(global_params[name].dtype)
         return out

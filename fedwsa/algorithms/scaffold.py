@@ -84,6 +84,7 @@ class ScaffoldServer(ServerPart):
     """Holds c, sends d_i = c - c_i, updates c_i and c from the replies."""
 
     name = NAME
+    needs_client_weights = True  # c_i+ comes from each client's own weights
 
     def __init__(self, config: Config, params: Mapping[str, Tensor]) -> None:
         self.lr = config.lr

@@ -35,7 +35,6 @@ from fedwsa.maths.scope import (
     fuse_scopes,
     model_scopes,
     regularised_names,
-    stacked_scopes,
     wsa_penalty,
 )
 
@@ -130,7 +129,7 @@ class WsaTarget(ServerPart):
         """Fuse the clients' scopes into the next target; optionally align the new model."""
         names = self.layer_names
         self._ensure_target(global_params)
-        mu_c, sigma_c = stacked_scopes({n: updates.params[n] for n in names}, names)
+        mu_c, sigma_c = updates.client_scopes(names)
         global_scope = model_scopes(new_global, names) if self.rule == "global" else None
         mu_t, sigma_t = fuse_scopes(mu_c, sigma_c, updates.weights, self.rule,
                                     global_scope=global_scope, fixed_scope=self._initial)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 from logging import INFO
 
+import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log as flwr_log
 
+from fedwsa.algorithms import linear_merge
 from fedwsa.algorithms.base import ClientInputs
 from fedwsa.clients.failures import reason, train_cohort
 from fedwsa.clients.fused import fuse_key, fused_groups, train_fused
@@ -68,14 +70,14 @@ def train(msg: Message, context: Context) -> Message:
             try:
                 for tag, reply in zip(members, train_fused([runs[t] for t in members]),
                                       strict=True):
-                    replies[tag] = pack_reply(reply)
+                    replies[tag] = pack_reply(answer(*runs[tag], reply))
                 continue
             except Exception as err:  # train them one by one: the failure finds its run
                 log.warning("%d runs trained together failed (%s); training them one by one",
                             len(members), reason(err))
         for tag in members:
             try:
-                replies[tag] = pack_reply(train_run(*runs[tag]))
+                replies[tag] = pack_reply(answer(*runs[tag], train_run(*runs[tag])))
             except Exception as err:
                 replies[tag] = _failed(tag, err)
     return Message(content=bundle({tag: replies[tag] for tag in parts}), reply_to=msg)
@@ -93,6 +95,21 @@ def _fuse_key(request: TrainRequest, config: Config) -> tuple | None:
 def _failed(tag: str, err: Exception) -> RecordDict:
     log.warning("run %s could not be trained on this node: %s", tag, reason(err))
     return error_content(reason(err))
+
+
+def answer(request: TrainRequest, config: Config, reply: TrainReply) -> TrainReply:
+    """What goes back for one run: the clients' weights, or, when the request asks for it
+    (``node-aggregate``), their sum with the coefficients of the run's linear merge, made
+    here on the node's device."""
+    if not request.reduce or not reply.client_ids:
+        return reply
+    merge = linear_merge(config)
+    if merge is None:
+        raise ValueError(f"the server asked for summed weights, but strategy "
+                         f"{config.strategy!r} does not merge linearly")
+    coefficients = merge.coefficients(torch.tensor(reply.num_examples),
+                                      torch.tensor(reply.steps, dtype=torch.int64))
+    return reply.summed(coefficients)
 
 
 def train_run(request: TrainRequest, config: Config) -> TrainReply:

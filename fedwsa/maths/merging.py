@@ -98,6 +98,21 @@ def weighted_average(stacked: Mapping[str, Tensor], weights: Tensor) -> dict[str
     return out
 
 
+def weighted_sums(stacked: Mapping[str, Tensor], coefficients: Tensor) -> dict[str, Tensor]:
+    """sum_i c_i theta_i per parameter, in float64 (the linear merges' sufficient statistic).
+
+    Float64 so that partial sums over disjoint groups of clients (one per node) add up to the
+    sum over all of them up to float64 round-off, far below float32's: where the clients were
+    trained does not show in the merged float32 model."""
+    k = _check_stacked(stacked) if stacked else 0
+    c = coefficients.detach().to(torch.float64)
+    if c.ndim != 1 or c.shape[0] != k:
+        raise ValueError(f"coefficients must be a 1-D tensor of length K={k}, got "
+                         f"{tuple(c.shape)}")
+    return {name: torch.tensordot(c.to(t.device), t.detach().to(torch.float64), dims=1)
+            for name, t in stacked.items()}
+
+
 def _cart_rank(rank: float, rows: int, cols: int) -> int:
     """k = max(1, floor(r * min(rows, cols))), with a round-off tolerance (module docstring)."""
     return max(1, math.floor(rank * min(rows, cols) + 1e-9))

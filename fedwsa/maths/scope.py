@@ -72,8 +72,10 @@ def layer_scope(w: Tensor) -> tuple[Tensor, Tensor]:
 def stacked_scopes(stacked: Mapping[str, Tensor], names: Sequence[str]) -> tuple[Tensor, Tensor]:
     """Scopes of every client and layer, shapes [K, L] (METHODS.md section 1.2).
 
-    The server computes client scopes from the returned weights, one vectorised pass per layer.
-    With no names the result is [K, 0].
+    The server (or, with ``node-aggregate``, the node) computes client scopes from the trained
+    weights, one vectorised pass per layer. With no names the result is [K, 0]. Reduced in
+    float64 and returned in the weights' dtype: float32 reductions round differently with the
+    number of threads, and the scopes must not depend on which process computed them.
     """
     if not names:
         like = next(iter(stacked.values()), None)
@@ -83,9 +85,9 @@ def stacked_scopes(stacked: Mapping[str, Tensor], names: Sequence[str]) -> tuple
     sigmas: list[Tensor] = []
     for name in names:
         x = stacked[name]
-        mu, sigma = _mean_std(x.reshape(x.shape[0], -1), dim=1)
-        mus.append(mu)
-        sigmas.append(sigma)
+        mu, sigma = _mean_std(x.reshape(x.shape[0], -1).double(), dim=1)
+        mus.append(mu.to(x.dtype))
+        sigmas.append(sigma.to(x.dtype))
     return torch.stack(mus, dim=1), torch.stack(sigmas, dim=1)
 
 

@@ -21,7 +21,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedwsa.algorithms import ClientInputs, ClientUpdates, compose
+from fedwsa.algorithms import ClientInputs, ClientUpdates, Composition, LinearMerge, compose
 from fedwsa.algorithms.base import namespaced
 from fedwsa.config import Config
 from fedwsa.maths.scope import (
@@ -29,7 +29,6 @@ from fedwsa.maths.scope import (
     regularised_names,
     scope_kl,
     sigma_spread,
-    stacked_scopes,
 )
 from fedwsa.models import build_model
 from fedwsa.protocol import (
@@ -78,11 +77,21 @@ class CohortStrategy(Strategy):
         self.name = config.strategy
         self.min_clients = config.min_clients
         self.composition = compose(config, model_parameters(config))
+        self.node_sums = self.sums_on_nodes(config, self.composition)
         self._sent: dict[int, list[int]] = {}
         self._global: dict[str, torch.Tensor] = {}
         # The last round's merged client updates (the stack that was aggregated), for the
         # server to keep on request (``save-client-models``).
         self.last_updates: ClientUpdates | None = None
+
+    @staticmethod
+    def sums_on_nodes(config: Config, composition: Composition) -> bool:
+        """May the nodes send their clients' weighted sum instead of their weights? When
+        ``node-aggregate`` is on, the merge is linear, no part reads the clients' own weights
+        and no client model is to be kept."""
+        return (config.node_aggregate and isinstance(composition.merge, LinearMerge)
+                and not any(p.needs_client_weights for p in composition.all_parts())
+                and config.save_client_models == "none")
 
     def part(self, name: str) -> Any:
         """The server part called ``name`` (e.g. ``"wsa"``, ``"cart"``, ``"adam"``)."""
@@ -130,7 +139,7 @@ class CohortStrategy(Strategy):
         # One pass over the clients' weights for both metrics (the target's layers are among
         # the regularised ones; a layer outside them gets its own pass).
         scoped = all_names + [n for n in names if n not in all_names]
-        mu_all, sigma_all = stacked_scopes(updates.params, scoped)
+        mu_all, sigma_all = updates.client_scopes(scoped)
         rows = torch.tensor([scoped.index(n) for n in names], dtype=torch.long,
                             device=mu_all.device)
         mu, sigma = mu_all[:, rows], sigma_all[:, rows]
@@ -197,7 +206,7 @@ class CohortStrategy(Strategy):
         for node_id, clients in self._sent.items():
             rows = inputs.rows([position[c] for c in clients])
             request = TrainRequest(server_round, clients, cfg.to_json(), self._global,
-                                   rows.shared, rows.per_client)
+                                   rows.shared, rows.per_client, reduce=self.node_sums)
             messages.append(Message(content=pack_request(request), message_type=MessageType.TRAIN,
                                     dst_node_id=node_id))
         log(INFO, "round %d: %d clients over %d node(s)", server_round, len(cohort),
@@ -243,6 +252,8 @@ class CohortStrategy(Strategy):
             outputs=merged.outputs,
             failures=merged.failures,
             stats={k: float(np.mean(v)) for k, v in stats.items()},
+            sums=merged.sums,
+            scopes=merged.scopes,
         )
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
