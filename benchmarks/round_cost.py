@@ -33,6 +33,7 @@ from speed import bench_config  # noqa: E402
 STAGES = (
     ("node: whole ClientApp call", "clients/client_app.py", "train"),
     ("node: the trainer", "clients/batched.py", "train"),
+    ("node: clients summed (node-aggregate)", "fedwsa/protocol.py", "summed"),
     ("node: reply packed (to numpy)", "fedwsa/protocol.py", "pack_reply"),
     ("server: aggregate (all of it)", "strategies/cohort.py", "aggregate_answers"),
     ("server: replies merged", "strategies/cohort.py", "collect"),

@@ -29,7 +29,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedwsa.algorithms.base import ClientScopes, take_rows
 from fedwsa.maths.merging import finite_clients, weighted_sums
-from fedwsa.maths.scope import regularised_names, stacked_scopes
+from fedwsa.maths.scope import clients_layer_scope, regularised_names
 
 ARRAYS, CONFIG, METRICS, FAILURES, STATS = "arrays", "config", "metrics", "failures", "stats"
 SHARED, PER_CLIENT, OUTPUTS, SCOPES = "shared", "per-client", "outputs", "scopes"
@@ -84,11 +84,22 @@ class TrainReply:
         the scope metrics read. Computed where the weights are, so only one model is copied
         off the device and sent."""
         names = regularised_names(self.params, stacked=True)
-        mu, sigma = stacked_scopes(self.params, names)
+        c = coefficients.to(torch.float64)
+        sums: dict[str, torch.Tensor] = {}
+        mus, sigmas = [], []
+        for name, t in self.params.items():
+            wide = t.detach().double()  # one float64 copy per parameter, for both
+            sums.update(weighted_sums({name: wide}, c))
+            if name in names:
+                mu, sigma = clients_layer_scope(wide)
+                mus.append(mu.to(t.dtype))
+                sigmas.append(sigma.to(t.dtype))
+        like = next(iter(self.params.values()))
+        mu_all, sigma_all = ((torch.stack(v, dim=1) if v else like.new_zeros((len(like), 0)))
+                             for v in (mus, sigmas))
         return TrainReply(self.client_ids, {}, self.num_examples, self.train_loss,
                           dict(self.failures), dict(self.stats), self.steps, self.outputs,
-                          sums=weighted_sums(self.params, coefficients),
-                          scopes=ClientScopes(names, mu, sigma))
+                          sums=sums, scopes=ClientScopes(names, mu_all, sigma_all))
 
     @classmethod
     def from_rows(cls, rows: Sequence[ClientRow], like: Mapping[str, torch.Tensor],

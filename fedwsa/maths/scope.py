@@ -81,14 +81,15 @@ def stacked_scopes(stacked: Mapping[str, Tensor], names: Sequence[str]) -> tuple
         like = next(iter(stacked.values()), None)
         k = like.shape[0] if like is not None else 0
         return _empty_scopes(like, (k, 0))
-    mus: list[Tensor] = []
-    sigmas: list[Tensor] = []
-    for name in names:
-        x = stacked[name]
-        mu, sigma = _mean_std(x.reshape(x.shape[0], -1).double(), dim=1)
-        mus.append(mu.to(x.dtype))
-        sigmas.append(sigma.to(x.dtype))
-    return torch.stack(mus, dim=1), torch.stack(sigmas, dim=1)
+    scopes = [clients_layer_scope(stacked[name]) for name in names]
+    return torch.stack([m for m, _ in scopes], dim=1), torch.stack([s for _, s in scopes], dim=1)
+
+
+def clients_layer_scope(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(mu, sigma), [K] each, of one layer's stacked weights [K, ...]: reduced in float64,
+    returned in ``x``'s dtype (``stacked_scopes``)."""
+    var, mu = torch.var_mean(x.reshape(x.shape[0], -1).double(), dim=1, correction=0)
+    return mu.to(x.dtype), torch.sqrt(torch.clamp(var, min=_VAR_MIN)).to(x.dtype)
 
 
 def model_scopes(params: Mapping[str, Tensor], names: Sequence[str]) -> tuple[Tensor, Tensor]:
