@@ -20,7 +20,14 @@ from fedwsa.clients.client_app import answer
 from fedwsa.config import make_config
 from fedwsa.maths.merging import weighted_average, weighted_sums
 from fedwsa.maths.scope import regularised_names, stacked_scopes
-from fedwsa.protocol import SCOPES, TrainReply, TrainRequest, pack_reply, unpack_reply
+from fedwsa.protocol import (
+    SCOPES,
+    NodeAnswer,
+    TrainReply,
+    TrainRequest,
+    pack_reply,
+    unpack_reply,
+)
 from fedwsa.server.inprocess import run_cells_in_process, run_in_process
 from fedwsa.strategies.cohort import CohortStrategy, model_parameters
 
@@ -148,6 +155,41 @@ def test_summed_replies_merge_in_client_order_whichever_node_answers_first() -> 
         TrainReply.merged([sa, b], like)
 
 
+def test_per_node_a_bad_sum_fails_its_clients_and_unsummed_weights_are_summed(
+        flower_identity: None) -> None:
+    """Per node: a non-finite sum fails that node's clients only; a node that sent its clients'
+    weights though asked to sum them (it could not) is summed on the server."""
+    config = make_config({"strategy": "fedavg", "model": "simple-cnn"})
+    strategy = CohortStrategy(config)
+    assert strategy.node_sums
+    like = {k: torch.zeros(v.shape) for k, v in model_parameters(config).items()}
+
+    def weights(ids: list[int], seed: int) -> TrainReply:
+        g = torch.Generator().manual_seed(seed)
+        params = {k: torch.randn(len(ids), *v.shape, generator=g) for k, v in like.items()}
+        return TrainReply(ids, params, [10 + i for i in ids], [1.0] * len(ids),
+                          steps=[1] * len(ids))
+
+    good, bad, unsummed = weights([0, 1], 1), weights([2, 3], 2), weights([4], 3)
+
+    def coeffs(r: TrainReply) -> torch.Tensor:
+        return torch.tensor(r.num_examples, dtype=torch.float64)
+
+    bad_sum = bad.summed(coeffs(bad))
+    bad_sum.sums["fc3.bias"][0] = float("inf")  # type: ignore[index]
+    strategy._sent, strategy._global = {1: [0, 1], 2: [2, 3], 3: [4]}, like
+    updates = strategy.collect([
+        NodeAnswer(1, pack_reply(good.summed(coeffs(good)))),
+        NodeAnswer(2, pack_reply(bad_sum)),
+        NodeAnswer(3, pack_reply(unsummed))])
+    assert updates.client_ids == [0, 1, 4] and sorted(updates.failures) == [2, 3]
+    assert updates.sums is not None and updates.params == {}
+    kept = {k: torch.cat([good.params[k], unsummed.params[k]]) for k in like}
+    expected = weighted_sums(kept, torch.tensor([10.0, 11.0, 14.0], dtype=torch.float64))
+    for name, t in expected.items():
+        torch.testing.assert_close(updates.sums[name], t, rtol=1e-12, atol=1e-12)
+
+
 def test_a_non_finite_sum_fails_all_of_its_nodes_clients() -> None:
     summed = reply([0, 1], seed=8).summed(torch.ones(2, dtype=torch.float64))
     assert summed.finite_only() is summed
@@ -217,10 +259,18 @@ def test_summing_on_three_nodes_records_what_every_clients_weights_give(
     assert sum(summed) == sum(r["clients-sampled"] - r["clients-failed"] for r in rows(sums))
 
 
-def test_stacked_cells_sum_per_cell(tmp_path: Path) -> None:
+def test_stacked_cells_sum_per_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A federation of several runs (compare's stacked cells, some trained in one fused call):
     each run's clients are summed on their own."""
     strategies = ["fedavg", "fednova", "fedprox", "scaffold"]
+    summed: list[int] = []
+    original = TrainReply.summed
+
+    def spy(self: TrainReply, coefficients: torch.Tensor) -> TrainReply:
+        summed.append(len(self.client_ids))
+        return original(self, coefficients)
+
+    monkeypatch.setattr(TrainReply, "summed", spy)
 
     def grid(name: str, aggregate: bool) -> list[Path]:
         configs = [make_config({**BASE, "strategy": s, "node-aggregate": aggregate,
@@ -229,5 +279,10 @@ def test_stacked_cells_sum_per_cell(tmp_path: Path) -> None:
         assert all(v is None for v in outcome.values()), outcome
         return [tmp_path / name / s for s in strategies]
 
-    for weights, sums in zip(grid("weights", False), grid("sums", True), strict=True):
-        assert_same_metrics(rows(weights), rows(sums))
+    weights = grid("weights", False)
+    assert summed == []
+    sums = grid("sums", True)
+    # fedavg, fednova and fedprox on 2 nodes x 3 rounds (3 clients each); scaffold never.
+    assert summed == [3] * (3 * 2 * BASE["num-server-rounds"])
+    for a, b in zip(weights, sums, strict=True):
+        assert_same_metrics(rows(a), rows(b))

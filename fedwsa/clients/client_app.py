@@ -68,13 +68,17 @@ def train(msg: Message, context: Context) -> Message:
         members = [tags[i] for i in group]
         if len(members) > 1:
             try:
-                for tag, reply in zip(members, train_fused([runs[t] for t in members]),
-                                      strict=True):
-                    replies[tag] = pack_reply(answer(*runs[tag], reply))
-                continue
+                trained = train_fused([runs[t] for t in members])
             except Exception as err:  # train them one by one: the failure finds its run
                 log.warning("%d runs trained together failed (%s); training them one by one",
                             len(members), reason(err))
+            else:
+                for tag, reply in zip(members, trained, strict=True):
+                    try:  # each run's own answer: its failure is not the others'
+                        replies[tag] = pack_reply(answer(*runs[tag], reply))
+                    except Exception as err:
+                        replies[tag] = _failed(tag, err)
+                continue
         for tag in members:
             try:
                 replies[tag] = pack_reply(answer(*runs[tag], train_run(*runs[tag])))
@@ -107,9 +111,14 @@ def answer(request: TrainRequest, config: Config, reply: TrainReply) -> TrainRep
     if merge is None:
         raise ValueError(f"the server asked for summed weights, but strategy "
                          f"{config.strategy!r} does not merge linearly")
-    coefficients = merge.coefficients(torch.tensor(reply.num_examples),
-                                      torch.tensor(reply.steps, dtype=torch.int64))
-    return reply.summed(coefficients)
+    try:
+        coefficients = merge.coefficients(torch.tensor(reply.num_examples),
+                                          torch.tensor(reply.steps, dtype=torch.int64))
+        return reply.summed(coefficients)
+    except Exception as err:  # e.g. out of memory: the server sums them, or says why not
+        log.warning("could not sum the clients' weights on this node (%s); sending them all",
+                    reason(err))
+        return reply
 
 
 def train_run(request: TrainRequest, config: Config) -> TrainReply:

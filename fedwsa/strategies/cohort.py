@@ -231,7 +231,7 @@ class CohortStrategy(Strategy):
                 for cid in self._sent.get(node, []):
                     failures[cid] = f"node {node} failed: {answer.error}"
                 continue
-            reply = unpack_reply(answer.content)
+            reply = self.summed_if_asked(unpack_reply(answer.content).finite_only())
             failures.update(reply.failures)
             for key, value in reply.stats.items():
                 stats.setdefault(key, []).append(value)
@@ -240,7 +240,7 @@ class CohortStrategy(Strategy):
             if node not in answered:
                 for cid in clients:
                     failures[cid] = f"node {node} did not answer"
-        merged = TrainReply.merged(replies, self._global, failures).finite_only()
+        merged = TrainReply.merged(replies, self._global, failures)
         for cid, reason in sorted(merged.failures.items()):
             log(WARNING, "client %d left out of aggregation: %s", cid, reason)
         return ClientUpdates(
@@ -255,6 +255,17 @@ class CohortStrategy(Strategy):
             sums=merged.sums,
             scopes=merged.scopes,
         )
+
+    def summed_if_asked(self, reply: TrainReply) -> TrainReply:
+        """A node's finite clients, summed here if the node was asked to sum them and sent
+        their weights instead (it could not, e.g. out of device memory): every reply of a
+        round then has the same form. The merge's own checks apply (``coefficients``)."""
+        merge = self.composition.merge
+        if (not self.node_sums or reply.sums is not None or not reply.client_ids
+                or not isinstance(merge, LinearMerge)):
+            return reply
+        return reply.summed(merge.coefficients(torch.tensor(reply.num_examples),
+                                               torch.tensor(reply.steps, dtype=torch.int64)))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
