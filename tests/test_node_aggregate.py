@@ -220,6 +220,20 @@ def test_a_node_asked_to_sum_a_run_that_cannot_be_summed_says_why() -> None:
                   reply([0], seed=9)).sums is None
 
 
+@pytest.fixture
+def summed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of clients of every reply summed on a node, as it happens."""
+    calls: list[int] = []
+    original = TrainReply.summed
+
+    def spy(self: TrainReply, coefficients: torch.Tensor) -> TrainReply:
+        calls.append(len(self.client_ids))
+        return original(self, coefficients)
+
+    monkeypatch.setattr(TrainReply, "summed", spy)
+    return calls
+
+
 def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -237,16 +251,8 @@ def assert_same_metrics(a: list[dict], b: list[dict]) -> None:
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fednova", "fedwsa", "fedadam"])
 def test_summing_on_three_nodes_records_what_every_clients_weights_give(
-        strategy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        strategy: str, tmp_path: Path, summed: list[int]) -> None:
     """fail-rate makes some clients fail on their node: they are left out of its sum too."""
-    summed: list[int] = []
-    original = TrainReply.summed
-
-    def spy(self: TrainReply, coefficients: torch.Tensor) -> TrainReply:
-        summed.append(len(self.client_ids))
-        return original(self, coefficients)
-
-    monkeypatch.setattr(TrainReply, "summed", spy)
     keys = {**BASE, "strategy": strategy, "fail-rate": 0.2}
     weights = run_in_process(make_config({**keys, "node-aggregate": False,
                                           "run-dir": str(tmp_path / "weights")}))
@@ -259,18 +265,10 @@ def test_summing_on_three_nodes_records_what_every_clients_weights_give(
     assert sum(summed) == sum(r["clients-sampled"] - r["clients-failed"] for r in rows(sums))
 
 
-def test_stacked_cells_sum_per_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stacked_cells_sum_per_cell(tmp_path: Path, summed: list[int]) -> None:
     """A federation of several runs (compare's stacked cells, some trained in one fused call):
     each run's clients are summed on their own."""
     strategies = ["fedavg", "fednova", "fedprox", "scaffold"]
-    summed: list[int] = []
-    original = TrainReply.summed
-
-    def spy(self: TrainReply, coefficients: torch.Tensor) -> TrainReply:
-        summed.append(len(self.client_ids))
-        return original(self, coefficients)
-
-    monkeypatch.setattr(TrainReply, "summed", spy)
 
     def grid(name: str, aggregate: bool) -> list[Path]:
         configs = [make_config({**BASE, "strategy": s, "node-aggregate": aggregate,
