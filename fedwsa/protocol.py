@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedwsa.algorithms.base import ClientScopes, take_rows
+from fedwsa.algorithms.base import ClientScopes, LinearMerge, take_rows
 from fedwsa.maths.merging import finite_clients, weighted_sums
 from fedwsa.maths.scope import clients_layer_scope, regularised_names
 
@@ -77,6 +77,11 @@ class TrainReply:
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
     sums: dict[str, torch.Tensor] | None = None
     scopes: ClientScopes | None = None
+
+    def summed_with(self, merge: LinearMerge) -> TrainReply:
+        """``summed`` with ``merge``'s coefficients of these clients (node or server)."""
+        return self.summed(merge.coefficients(torch.tensor(self.num_examples),
+                                              torch.tensor(self.steps, dtype=torch.int64)))
 
     def summed(self, coefficients: torch.Tensor) -> TrainReply:
         """The reply with its clients' weights replaced by sum_i c_i theta_i (float64, on
@@ -151,12 +156,8 @@ class TrainReply:
             # answered first.
             sums = {n: functools.reduce(torch.add, [s[n] for s, _ in summed])
                     for n in summed[0][0]}
-            mu, sigma = (torch.cat([getattr(sc, part) for _, sc in summed])
-                         for part in ("mu", "sigma"))
-            if order != list(range(len(order))):
-                index = torch.tensor(order, dtype=torch.long)
-                mu, sigma = mu[index], sigma[index]
-            scopes = ClientScopes(summed[0][1].names, mu, sigma)
+            rows = joined(_scope_rows, ("mu", "sigma"))
+            scopes = ClientScopes(summed[0][1].names, rows["mu"], rows["sigma"])
             outputs = joined(lambda r: r.outputs, answered[0].outputs)
         else:
             params = joined(lambda r: r.params, like)
@@ -221,6 +222,13 @@ class TrainReply:
             failures=dict(self.failures), stats=dict(self.stats),
             steps=[self.steps[j] for j in positions] if self.steps else [],
             outputs=take_rows(self.outputs, positions))
+
+
+def _scope_rows(reply: TrainReply) -> dict[str, torch.Tensor]:
+    """A summed reply's per-client scopes as rows, to be joined like its other rows."""
+    if reply.scopes is None:
+        raise ValueError("a summed reply without its clients' scopes")
+    return {"mu": reply.scopes.mu, "sigma": reply.scopes.sigma}
 
 
 def to_arrays(params: dict[str, torch.Tensor]) -> ArrayRecord:

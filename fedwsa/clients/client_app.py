@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from logging import INFO
 
-import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log as flwr_log
@@ -112,9 +111,7 @@ def answer(request: TrainRequest, config: Config, reply: TrainReply) -> TrainRep
         raise ValueError(f"the server asked for summed weights, but strategy "
                          f"{config.strategy!r} does not merge linearly")
     try:
-        coefficients = merge.coefficients(torch.tensor(reply.num_examples),
-                                          torch.tensor(reply.steps, dtype=torch.int64))
-        return reply.summed(coefficients)
+        return reply.summed_with(merge)
     except Exception as err:  # e.g. out of memory: the server sums them, or says why not
         log.warning("could not sum the clients' weights on this node (%s); sending them all",
                     reason(err))

@@ -264,8 +264,7 @@ class CohortStrategy(Strategy):
         if (not self.node_sums or reply.sums is not None or not reply.client_ids
                 or not isinstance(merge, LinearMerge)):
             return reply
-        return reply.summed(merge.coefficients(torch.tensor(reply.num_examples),
-                                               torch.tensor(reply.steps, dtype=torch.int64)))
+        return reply.summed_with(merge)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
