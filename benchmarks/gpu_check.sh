@@ -2,7 +2,7 @@
 # The GPU checks, as one prepared call on a lent GPU machine (python3 with torch, no Flower, no
 # internet). Make the wheels here first (../shared/tools/gpu-wheels.sh .whl) and send .whl with
 # the checkout. Steps, each under its own time limit so that a slow one cannot eat the others:
-#   1. the CUDA-only tests (batched trainer on the GPU vs the CPU sequential reference, ...);
+#   1. the CUDA-only tests (batched trainer on the GPU vs the CPU sequential reference, node sums, ...);
 #   2. NIID-Bench's setting end to end with `fedwsa run` (10 clients, Dirichlet 0.5, 10 local
 #      epochs, batch 64, NIID_ROUNDS rounds), per-round wall time from metrics.jsonl;
 #   3. benchmarks/speed.py --device cuda at CLIENTS clients per round, all five layouts (the
@@ -58,7 +58,7 @@ EOF
 if [[ $STEPS == *tests* ]]; then
 echo "== 1. CUDA tests" | tee "$OUT/tests.txt"
 timeout 120 python3 -m pytest -q -p no:cacheprovider -rs -k "cuda" \
-  tests/test_batched.py tests/test_data.py 2>&1 | tee -a "$OUT/tests.txt"
+  tests/test_batched.py tests/test_data.py tests/test_devices.py 2>&1 | tee -a "$OUT/tests.txt"
 
 fi
 

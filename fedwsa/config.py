@@ -18,6 +18,7 @@ from fedwsa.data import DATASETS, PAD_MODES
 from fedwsa.device import device_spec
 from fedwsa.keys import (
     AUTO,
+    HARMLESS_KEYS,
     ConfigError,
     Key,
     any_string,
@@ -129,11 +130,6 @@ Every other key changes what is trained, so a checkpoint written under another v
 refused (the message names each differing key and both values).
 """
 
-HARMLESS_KEYS: frozenset[str] = frozenset(
-    {"run-dir", "resume", "device", "data-root", "max-batched-clients", "checkpoint-every",
-     "scaffold-store", "tensorboard", "node-aggregate"})
-"""Keys that change neither what a run trains nor what it records (bookkeeping, and where or
-how fast it runs): ``compare`` lets a cell's directory differ from the grid in these."""
 assert HARMLESS_KEYS <= RESUMABLE_KEYS <= set(KEYS_BY_NAME)
 
 

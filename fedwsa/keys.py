@@ -14,6 +14,14 @@ from typing import Any
 
 AUTO = "auto"
 
+HARMLESS_KEYS: frozenset[str] = frozenset(
+    {"run-dir", "resume", "device", "data-root", "max-batched-clients", "checkpoint-every",
+     "scaffold-store", "tensorboard", "node-aggregate"})
+"""Keys that change neither what a run trains nor what it records (bookkeeping, and where or
+how fast it runs): ``compare`` lets a cell's directory differ from the grid in these, and
+summaries never split groups by them. Here, not in ``fedwsa.config``, so that the modules that
+only read results need not import torch."""
+
 
 class ConfigError(ValueError):
     """A bad configuration value: names the key, the value and what is accepted."""

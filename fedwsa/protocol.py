@@ -28,7 +28,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedwsa.algorithms.base import ClientScopes, LinearMerge, take_rows
-from fedwsa.maths.merging import finite_clients, weighted_sums
+from fedwsa.maths.merging import finite_clients, float64_chunks, weighted_sums
 from fedwsa.maths.scope import clients_layer_scope, regularised_names
 
 ARRAYS, CONFIG, METRICS, FAILURES, STATS = "arrays", "config", "metrics", "failures", "stats"
@@ -93,12 +93,19 @@ class TrainReply:
         sums: dict[str, torch.Tensor] = {}
         mus, sigmas = [], []
         for name, t in self.params.items():
-            wide = t.detach().double()  # one float64 copy per parameter, for both
-            sums.update(weighted_sums({name: wide}, c))
+            total = torch.zeros(t.shape[1:], dtype=torch.float64, device=t.device)
+            layer_mu, layer_sigma = [], []
+            for rows in float64_chunks(t):  # one float64 copy per chunk, for both
+                wide = t[rows].detach().double()
+                total += weighted_sums({name: wide}, c[rows])[name]
+                if name in names:
+                    mu, sigma = clients_layer_scope(wide)
+                    layer_mu.append(mu.to(t.dtype))
+                    layer_sigma.append(sigma.to(t.dtype))
+            sums[name] = total
             if name in names:
-                mu, sigma = clients_layer_scope(wide)
-                mus.append(mu.to(t.dtype))
-                sigmas.append(sigma.to(t.dtype))
+                mus.append(torch.cat(layer_mu) if layer_mu else t.new_zeros(0))
+                sigmas.append(torch.cat(layer_sigma) if layer_sigma else t.new_zeros(0))
         like = next(iter(self.params.values()))
         mu_all, sigma_all = ((torch.stack(v, dim=1) if v else like.new_zeros((len(like), 0)))
                              for v in (mus, sigmas))
@@ -151,13 +158,16 @@ class TrainReply:
                       if r.sums is not None and r.scopes is not None]
             if len(summed) != len(answered):
                 raise ValueError("some nodes sent their clients' weights and others their sum")
+            names = summed[0][1].names
+            if any(sc.names != names or set(s) != set(summed[0][0]) for s, sc in summed):
+                raise ValueError("the nodes' sums differ in their parameter or scope names")
             params = {}
             # Added in the order of the nodes' first client ids: the same sum whichever node
             # answered first.
             sums = {n: functools.reduce(torch.add, [s[n] for s, _ in summed])
                     for n in summed[0][0]}
             rows = joined(_scope_rows, ("mu", "sigma"))
-            scopes = ClientScopes(summed[0][1].names, rows["mu"], rows["sigma"])
+            scopes = ClientScopes(names, rows["mu"], rows["sigma"])
             outputs = joined(lambda r: r.outputs, answered[0].outputs)
         else:
             params = joined(lambda r: r.params, like)

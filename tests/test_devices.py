@@ -56,6 +56,7 @@ from fedwsa.clients.per_client_conv import with_per_client_convs
 from fedwsa.clients.sequential import SequentialTrainer
 from fedwsa.clients.trainer import CohortTask, LocalSettings
 from fedwsa.config import make_config
+from fedwsa.maths import merging
 from fedwsa.maths.merging import cart, finite_clients, weighted_average
 from fedwsa.maths.scope import (
     align_to_scope,
@@ -69,6 +70,7 @@ from fedwsa.maths.scope import (
     wsa_penalty,
 )
 from fedwsa.models import build_model
+from fedwsa.protocol import TrainReply
 from fedwsa.server.evaluation import _stack_sums, evaluate_many
 from fedwsa.strategies import CohortStrategy
 
@@ -153,6 +155,31 @@ def test_merging_on_device(device: str) -> None:
     assert_like(cart(stacked, CPU_WEIGHTS.to(device), 0.5, 0.3), stacked, merged=True)
     flags = finite_clients(stacked)
     assert (flags.device.type, flags.dtype, flags.tolist()) == ("cpu", torch.bool, [True] * K)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_node_sums_its_clients_on_their_device(device: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``node-aggregate``: the sum and the scopes are made where the clients' weights are, in
+    float64 chunks of clients, and equal a float64 loop over the clients on the CPU."""
+    monkeypatch.setattr(merging, "FLOAT64_CHUNK_BYTES", 8 * 4 * 2 * 3 * 3 * 2)  # 2 conv rows
+    cpu = {n: v for n, v in stacked_weights("cpu").items() if v.is_floating_point()}
+    reply = TrainReply([0, 1, 2], {n: v.to(device) for n, v in cpu.items()}, [10, 20, 30],
+                       [0.1] * K, steps=[1] * K)
+    c = torch.tensor([10.0, 20.0, 30.0], dtype=torch.float64)
+    summed = reply.summed(c)
+    assert summed.sums is not None and summed.scopes is not None
+    assert_on(summed.sums, device)
+    assert_on([summed.scopes.mu, summed.scopes.sigma], device)
+    for name, t in cpu.items():
+        reference = sum(c[i] * t[i].double() for i in range(K))
+        torch.testing.assert_close(summed.sums[name].cpu(), reference, rtol=1e-12, atol=1e-12)
+    for j, name in enumerate(summed.scopes.names):
+        w = cpu[name].double().reshape(K, -1)
+        torch.testing.assert_close(summed.scopes.mu[:, j].cpu().double(), w.mean(1),
+                                   rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(summed.scopes.sigma[:, j].cpu().double(),
+                                   w.std(1, correction=0), rtol=1e-6, atol=1e-7)
 
 
 # --- fedwsa.maths.scope ------------------------------------------------------------------------

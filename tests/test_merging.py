@@ -296,7 +296,7 @@ def test_exact_cart_in_client_chunks_matches_reference(monkeypatch: pytest.Monke
     st = _stacked(5, 16, dtype=torch.float32)
     w = torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0])
     whole = cart(st, w, rank=0.2, lam=1.9)
-    monkeypatch.setattr(merging, "_EXACT_CHUNK_BYTES", 1)
+    monkeypatch.setattr(merging, "FLOAT64_CHUNK_BYTES", 1)
     chunked = cart(st, w, rank=0.2, lam=1.9)
     ref = _cart_ref(_np(st), w.double().numpy(), 0.2, 1.9)
     _assert_dicts_close(chunked, ref, atol=2e-5, rtol=1e-5)

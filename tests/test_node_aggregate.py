@@ -7,6 +7,7 @@ with every client's weights on the wire (``node-aggregate=false``), over one nod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,10 +15,11 @@ import pytest
 import torch
 
 from fedwsa.algorithms import PRESETS, compose, linear_merge
-from fedwsa.algorithms.base import ClientUpdates
+from fedwsa.algorithms.base import ClientUpdates, SummedOnNodes
 from fedwsa.algorithms.fednova import normaliser
 from fedwsa.clients.client_app import answer
 from fedwsa.config import make_config
+from fedwsa.maths import merging
 from fedwsa.maths.merging import weighted_average, weighted_sums
 from fedwsa.maths.scope import regularised_names, stacked_scopes
 from fedwsa.protocol import (
@@ -137,6 +139,41 @@ def test_a_summed_reply_carries_one_model_and_every_clients_scopes(flower_identi
     assert SCOPES in content.array_records
 
 
+def test_sums_and_scopes_are_made_in_float64_chunks_of_clients(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a chunk budget of a few clients, the node's sum and scopes and the server's
+    ``weighted_sums`` equal a plain float64 loop over clients (the reference), and no
+    float64 copy ever holds more clients than the budget allows."""
+    full = reply([0, 1, 2, 3, 4, 5, 6], seed=11)
+    c = torch.tensor(full.num_examples, dtype=torch.float64)
+    widest = max(v[0].numel() for v in full.params.values())
+    monkeypatch.setattr(merging, "FLOAT64_CHUNK_BYTES", 8 * widest * 3)   # 3 clients
+    seen: list[int] = []
+    real_double = torch.Tensor.double
+
+    def counting_double(t: torch.Tensor) -> torch.Tensor:
+        seen.append(t.numel())
+        return real_double(t)
+
+    monkeypatch.setattr(torch.Tensor, "double", counting_double)
+    summed = full.summed(c)
+    monkeypatch.setattr(torch.Tensor, "double", real_double)
+    widest_name = next(n for n, v in full.params.items() if v[0].numel() == widest)
+    assert max(seen) <= 3 * widest < full.params[widest_name].numel()  # within the budget
+    assert [len(range(7)[r]) for r in merging.float64_chunks(full.params[widest_name])] == [3, 3, 1]
+    for name, t in full.params.items():
+        reference = sum(c[i] * t[i].double() for i in range(len(c)))
+        torch.testing.assert_close(summed.sums[name], reference, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(weighted_sums(full.params, c)[name], reference,
+                                   rtol=1e-12, atol=1e-12)
+    assert summed.scopes is not None
+    for j, name in enumerate(summed.scopes.names):
+        for i in range(len(c)):
+            w = full.params[name][i].double()
+            torch.testing.assert_close(summed.scopes.mu[i, j], w.mean().float())
+            torch.testing.assert_close(summed.scopes.sigma[i, j], w.std(correction=0).float())
+
+
 def test_summed_replies_merge_in_client_order_whichever_node_answers_first() -> None:
     like = {k: v[0] for k, v in stack(1).items()}
     a, b = reply([3, 4], seed=6), reply([0, 1, 2], seed=7)
@@ -153,6 +190,15 @@ def test_summed_replies_merge_in_client_order_whichever_node_answers_first() -> 
     assert one.num_examples == [10, 20, 30, 40, 50]
     with pytest.raises(ValueError, match="others their sum"):
         TrainReply.merged([sa, b], like)
+    other_model = a.summed(ca)
+    other_model.sums = {**sa.sums, "extra.weight": torch.zeros(2)}  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="differ in their parameter or scope names"):
+        TrainReply.merged([other_model, sb], like)
+    other_layers = a.summed(ca)
+    other_layers.scopes = dataclasses.replace(  # type: ignore[type-var]
+        other_layers.scopes, names=["fc.weight", "conv.weight"])
+    with pytest.raises(ValueError, match="differ in their parameter or scope names"):
+        TrainReply.merged([other_layers, sb], like)
 
 
 def test_per_node_a_bad_sum_fails_its_clients_and_unsummed_weights_are_summed(
@@ -183,7 +229,9 @@ def test_per_node_a_bad_sum_fails_its_clients_and_unsummed_weights_are_summed(
         NodeAnswer(2, pack_reply(bad_sum)),
         NodeAnswer(3, pack_reply(unsummed))])
     assert updates.client_ids == [0, 1, 4] and sorted(updates.failures) == [2, 3]
-    assert updates.sums is not None and updates.params == {}
+    assert updates.sums is not None and isinstance(updates.params, SummedOnNodes)
+    with pytest.raises(RuntimeError, match="needs_client_weights"):
+        updates.params["fc3.bias"]  # a part that reads the clients' weights fails loudly
     kept = {k: torch.cat([good.params[k], unsummed.params[k]]) for k in like}
     expected = weighted_sums(kept, torch.tensor([10.0, 11.0, 14.0], dtype=torch.float64))
     for name, t in expected.items():

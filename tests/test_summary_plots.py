@@ -178,6 +178,19 @@ def test_group_runs_infers_swept_keys_from_configs(tmp_path: Path) -> None:
         assert {read_config(r)["alpha"] for r in members} == {key.params["alpha"]}
 
 
+def test_harmless_keys_never_split_groups(tmp_path: Path) -> None:
+    """A run made before a harmless key existed (no ``node-aggregate`` in its config.json),
+    or on another device, is the same experiment cell as its twin."""
+    exp = tmp_path / "exp"
+    make_run(exp, "fedavg", 0, [0.1, 0.2], extra_config={"alpha": 0.5})
+    make_run(exp, "fedavg", 1, [0.1, 0.3], extra_config={
+        "alpha": 0.5, "node-aggregate": True, "device": "cuda", "data-root": "/elsewhere"})
+    make_run(exp, "fedavg", 2, [0.1, 0.3], extra_config={"alpha": 0.1})
+    runs = find_runs([exp])
+    assert infer_swept_keys(runs) == ["alpha"]
+    assert sorted(len(m) for m in group_runs(runs).values()) == [1, 2]
+
+
 def test_group_runs_uses_grid_json(tmp_path: Path) -> None:
     exp = tmp_path / "exp"
     for strategy in ("fedwsa", "fedavg"):

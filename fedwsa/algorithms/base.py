@@ -122,16 +122,39 @@ class ClientScopes:
     sigma: Tensor
 
 
+class SummedOnNodes(Mapping[str, Tensor]):
+    """``ClientUpdates.params`` when the nodes sent only sum_i c_i theta_i: reading it fails
+    loudly, where an empty dict would let a part silently compute on no clients."""
+
+    def _refuse(self) -> Any:
+        raise RuntimeError(
+            "the nodes sent their clients' weighted sum (node-aggregate), not each client's "
+            "weights: a server part that reads ClientUpdates.params must set "
+            "needs_client_weights = True")
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._refuse()
+
+    def __iter__(self) -> Any:
+        return self._refuse()
+
+    def __len__(self) -> int:
+        return self._refuse()
+
+    def __repr__(self) -> str:
+        return "SummedOnNodes()"
+
+
 @dataclass
 class ClientUpdates:
     """The round's successful clients, in ascending id order, everything stacked on axis 0.
 
     When the nodes aggregated their clients (``sums``, see ``LinearMerge``), ``params`` is
-    empty: ``sums`` holds sum_i c_i theta_i over these clients and ``scopes`` each client's
-    layer scopes, which is all a reducible strategy reads of the clients' weights."""
+    ``SummedOnNodes``: ``sums`` holds sum_i c_i theta_i over these clients and ``scopes`` each
+    client's layer scopes, which is all a reducible strategy reads of the clients' weights."""
 
     client_ids: list[int]
-    params: Tensors
+    params: Mapping[str, Tensor]
     num_examples: Tensor
     train_loss: list[float]
     steps: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
@@ -140,6 +163,10 @@ class ClientUpdates:
     stats: dict[str, float] = field(default_factory=dict)
     sums: Tensors | None = None
     scopes: ClientScopes | None = None
+
+    def __post_init__(self) -> None:
+        if self.sums is not None and isinstance(self.params, dict) and not self.params:
+            self.params = SummedOnNodes()
 
     @property
     def weights(self) -> Tensor:

@@ -26,15 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from fedwsa.atomic import write_text_atomic
+from fedwsa.keys import HARMLESS_KEYS
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
 GRID_FILE = "grid.json"
 
-# Config keys that never distinguish experiment cells: seeds are the replicates, and the run
-# directory is different for every run by construction.
-IGNORED_KEYS: frozenset[str] = frozenset({"seed", "run-dir"})
+# Config keys that never distinguish experiment cells: seeds are the replicates, the run
+# directory is different for every run by construction, and the harmless keys change neither
+# what a run trains nor what it records (a run made before such a key existed lacks it).
+IGNORED_KEYS: frozenset[str] = frozenset({"seed", "run-dir"}) | HARMLESS_KEYS
 
 PathLike = Path | str
 
