@@ -249,6 +249,27 @@ def test_atomic_writes_leave_no_temp_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["a.md", "result.json"]
 
 
+def test_atomic_writes_sync_the_file_then_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename is made durable too: the file's bytes are synced before ``os.replace``, the
+    directory that holds the new name after it."""
+    import os
+    import stat
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        mode = os.fstat(fd).st_mode
+        synced.append("dir" if stat.S_ISDIR(mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    write_text_atomic(tmp_path / "a.md", "x")
+    assert synced == ["file", "dir"]
+
+
 def test_reading_modules_do_not_import_training_stack() -> None:
     code = (
         "import sys, fedwsa.results.files, fedwsa.results.summary, fedwsa.results.plots; "

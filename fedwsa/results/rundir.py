@@ -7,13 +7,14 @@ either the old or the new version of each file, never half of one.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from fedwsa.atomic import write_text_atomic
+from fedwsa.atomic import write_bytes_atomic, write_text_atomic
 from fedwsa.config import Config
 from fedwsa.results.curves import CurvesPainter
 from fedwsa.results.files import NO_UPDATE, write_json_atomic
@@ -82,9 +83,9 @@ class RunWriter:
         write_text_atomic(self.path / METRICS_FILE, text)
 
     def save_model(self, params: dict[str, torch.Tensor]) -> None:
-        tmp = self.path / (MODEL_FILE + ".tmp")
-        torch.save({k: v.detach().cpu() for k, v in params.items()}, tmp)
-        tmp.replace(self.path / MODEL_FILE)
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in params.items()}, buf)
+        write_bytes_atomic(self.path / MODEL_FILE, buf.getvalue())
 
     status = "running"
 
