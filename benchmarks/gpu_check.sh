@@ -90,7 +90,7 @@ for strategy in $STRATEGIES; do
   timeout "$SPEED_LIMIT_S" python3 benchmarks/speed.py --device "$DEVICE" --data-root "$data" \
     --clients "$CLIENTS" --rounds "$ROUNDS" --strategy "$strategy" \
     --out "$OUT/speed-$strategy.json" $SPEED_ARGS 2>&1 \
-    | grep -E "^\(|^speedup|^config|^done|rror" | tee -a "$OUT/speed.txt"
+    | grep -E "^\(|^speedup|^config|^done|rror|must be" | tee -a "$OUT/speed.txt"
 done
 fi
 
@@ -98,7 +98,7 @@ if [[ $STEPS == *grid* ]]; then
 echo "== 4. grid.py" | tee "$OUT/grid.txt"
 # shellcheck disable=SC2086  # GRID_ARGS is a list of arguments
 timeout "$GRID_LIMIT_S" python3 benchmarks/grid.py --device "$DEVICE" --data-root "$data" \
-  --out "$OUT/grid.json" $GRID_ARGS 2>&1 | grep -E "^config|^one by one|^done|rror" \
+  --out "$OUT/grid.json" $GRID_ARGS 2>&1 | grep -E "^config|^one by one|^done|rror|must be" \
   | tee -a "$OUT/grid.txt"
 fi
 
