@@ -8,11 +8,14 @@
 #   3. benchmarks/speed.py --device cuda at CLIENTS clients per round, all five layouts (the
 #      last, (c'), is (c) with node-aggregate=false: every client's weights sent back);
 #   4. benchmarks/grid.py --device cuda: a grid stacked (one federation) vs one by one;
-#   5. benchmarks/round_cost.py --device cuda: fedwsa's own cost of a round outside training.
+#   5. benchmarks/round_cost.py --device cuda: fedwsa's own cost of a round outside training;
+#   6. NIID-Bench's whole grid (fedavg, fedprox, scaffold, fednova, fedwsa, cart x seeds 0-2,
+#      10 clients, 10 local epochs) stacked for NIIDGRID_ROUNDS rounds, projected to 50 rounds
+#      (issue 15's goal: at most 10 minutes on one GPU).
 # CIFAR-10 does not fit in the transfer beside the wheels, so the data are a CIFAR-10-shaped
 # .npz of random pixels (50,000 + 10,000 images): the same work per round, meaningless accuracy.
 # Figures go to $OUT (default /tmp/gpu-check); on a CPU, DEVICE=cpu with small sizes tries it.
-# STEPS picks steps (default "tests niid speed grid cost"); SPEED_ARGS adds speed.py arguments,
+# STEPS picks steps (default "tests niid speed grid cost niidgrid"); SPEED_ARGS adds speed.py arguments,
 # STRATEGIES runs speed.py once per strategy preset (default fedavg), and GRID_ARGS replaces
 # grid.py's grid (default: fedavg, fedprox, scaffold x 2 seeds, 10 clients, 3 rounds of 1 epoch).
 set -uo pipefail
@@ -26,7 +29,9 @@ NIID_LIMIT_S=${NIID_LIMIT_S:-180}
 SPEED_LIMIT_S=${SPEED_LIMIT_S:-240}
 TRAIN_IMAGES=${TRAIN_IMAGES:-50000}
 GRID_LIMIT_S=${GRID_LIMIT_S:-240}
-STEPS=${STEPS:-tests niid speed grid cost}
+STEPS=${STEPS:-tests niid speed grid cost niidgrid}
+NIIDGRID_ROUNDS=${NIIDGRID_ROUNDS:-3}
+NIIDGRID_LIMIT_S=${NIIDGRID_LIMIT_S:-200}
 COST_LIMIT_S=${COST_LIMIT_S:-90}
 GRID_ARGS=${GRID_ARGS:---strategies fedavg,fedprox,scaffold --seeds 2 --clients 10 --rounds 3}
 SPEED_ARGS=${SPEED_ARGS:-}
@@ -55,14 +60,14 @@ np.savez(sys.argv[1], x_train=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint
          dtype=np.uint8), y_test=rng.integers(0, 10, n // 5))
 EOF
 
-if [[ $STEPS == *tests* ]]; then
+if [[ " $STEPS " == *" tests "* ]]; then
 echo "== 1. CUDA tests" | tee "$OUT/tests.txt"
 timeout 120 python3 -m pytest -q -p no:cacheprovider -rs -k "cuda" \
   tests/test_batched.py tests/test_data.py tests/test_devices.py 2>&1 | tee -a "$OUT/tests.txt"
 
 fi
 
-if [[ $STEPS == *niid* ]]; then
+if [[ " $STEPS " == *" niid "* ]]; then
 echo "== 2. NIID-Bench setting, $NIID_ROUNDS rounds" | tee "$OUT/niid.txt"
 rm -rf /tmp/niid-run
 start=$(date +%s.%N)
@@ -83,7 +88,7 @@ EOF
 
 fi
 
-if [[ $STEPS == *speed* ]]; then
+if [[ " $STEPS " == *" speed "* ]]; then
 for strategy in $STRATEGIES; do
   echo "== 3. speed.py, $CLIENTS clients, $strategy" | tee -a "$OUT/speed.txt"
   # shellcheck disable=SC2086  # SPEED_ARGS is a list of arguments
@@ -94,7 +99,7 @@ for strategy in $STRATEGIES; do
 done
 fi
 
-if [[ $STEPS == *grid* ]]; then
+if [[ " $STEPS " == *" grid "* ]]; then
 echo "== 4. grid.py" | tee "$OUT/grid.txt"
 # shellcheck disable=SC2086  # GRID_ARGS is a list of arguments
 timeout "$GRID_LIMIT_S" python3 benchmarks/grid.py --device "$DEVICE" --data-root "$data" \
@@ -102,9 +107,19 @@ timeout "$GRID_LIMIT_S" python3 benchmarks/grid.py --device "$DEVICE" --data-roo
   | tee -a "$OUT/grid.txt"
 fi
 
-if [[ $STEPS == *cost* ]]; then
+if [[ " $STEPS " == *" cost "* ]]; then
 echo "== 5. round_cost.py, $CLIENTS clients" | tee "$OUT/round-cost.txt"
 timeout "$COST_LIMIT_S" python3 benchmarks/round_cost.py --device "$DEVICE" --data-root "$data" \
   --clients "$CLIENTS" --out "$OUT/round.pstats" 2>&1 | grep -vE "INFO|WARNING" \
   | tee -a "$OUT/round-cost.txt"
+fi
+
+if [[ " $STEPS " == *" niidgrid "* ]]; then
+echo "== 6. NIID-Bench's grid stacked, $NIIDGRID_ROUNDS rounds, projected to 50" \
+  | tee "$OUT/niid-grid.txt"
+timeout "$NIIDGRID_LIMIT_S" python3 benchmarks/grid.py --device "$DEVICE" --data-root "$data" \
+  --layouts stacked --strategies fedavg,fedprox,scaffold,fednova,fedwsa,cart --seeds 3 \
+  --clients 10 --local-epochs 10 --rounds "$NIIDGRID_ROUNDS" --project-rounds 50 \
+  --out "$OUT/niid-grid.json" 2>&1 | grep -E "^config|^stacked|^done|rror|must be" \
+  | tee -a "$OUT/niid-grid.txt"
 fi

@@ -9,10 +9,17 @@ simulation engine, each time into a fresh experiment directory:
 
 The figure is the wall time of the whole grid (``run_grid``, summary and figures included) and
 the ratio one-by-one / stacked. It also checks that both layouts wrote the same final test
-accuracy for every cell (they must: stacking changes only the time).
+accuracy for every cell (they must: stacking changes only the time). ``--layouts stacked``
+runs the stacked grid alone, and ``--project-rounds N`` turns a short run into the wall time
+of an N-round grid: the measured wall time plus (N - R) rounds at the mean round time of rounds
+2..R (round 1 holds the start-up), which is how a GPU check of a few minutes answers "does
+NIID-Bench's whole 50-round grid take at most 10 minutes".
 
     python benchmarks/grid.py --quick                  # 2-core CPU: 2 x 2 grid, 10 clients
     python benchmarks/grid.py --device cuda --data-root /tmp/cifar10.npz --out grid.json
+    python benchmarks/grid.py --device cuda --layouts stacked --strategies \
+        fedavg,fedprox,scaffold,fednova,fedwsa,cart --seeds 3 --local-epochs 10 --rounds 3 \
+        --project-rounds 50                            # NIID-Bench's grid, projected
 """
 
 from __future__ import annotations
@@ -62,6 +69,31 @@ def final_accuracies(exp: Path) -> dict[str, float]:
     return out
 
 
+def round_seconds(exp: Path, stacked: bool) -> list[float]:
+    """Wall seconds of rounds 2..R of a grid. Stacked cells share each round: the step of the
+    latest ``elapsed-s`` over the cells. One-by-one cells run in turn: their steps add up."""
+    elapsed = []
+    for run in sorted(exp.glob("*_seed=*")):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        elapsed.append({row["round"]: row["elapsed-s"] for row in rows})
+    rounds = sorted(set.intersection(*(set(e) for e in elapsed))) if elapsed else []
+    steps = []
+    for prev, r in zip(rounds, rounds[1:], strict=False):
+        if prev < 1:
+            continue  # round 1 holds the start-up (Ray, the node, the data)
+        deltas = [e[r] - e[prev] for e in elapsed]
+        steps.append(max(e[r] for e in elapsed) - max(e[prev] for e in elapsed) if stacked
+                     else sum(deltas))
+    return steps
+
+
+def projected_wall(wall_s: float, rounds: int, steps: list[float], target_rounds: int) -> float:
+    """``wall_s`` of an R-round grid extended to ``target_rounds`` at the mean of ``steps``."""
+    if not steps:
+        raise ValueError("projecting needs at least 2 timed rounds (--rounds >= 3)")
+    return wall_s + (target_rounds - rounds) * sum(steps) / len(steps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -77,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="GPUs per SuperNode (default 1 with --device cuda, else 0)")
     parser.add_argument("--data-root", default="", help="CIFAR-10 .npz or torchvision folder; "
                         "default: the synthetic set")
+    parser.add_argument("--layouts", default="one-by-one,stacked",
+                        help="comma-separated among one-by-one, stacked (default both; the "
+                             "ratio and the accuracy check need both)")
+    parser.add_argument("--project-rounds", type=int, default=0,
+                        help="also print each layout's wall time projected to this many rounds")
     parser.add_argument("--out", help="write the figures as JSON here")
     return parser
 
@@ -84,15 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     args = build_parser().parse_args(argv)
     args.rounds = args.rounds or (3 if args.quick else 5)
+    layouts = args.layouts.split(",")
+    if not layouts or any(layout not in ("one-by-one", "stacked") for layout in layouts):
+        raise SystemExit(f"--layouts {args.layouts!r}: must be one-by-one, stacked or both")
+    if args.project_rounds and args.rounds < 3:
+        raise SystemExit(f"--rounds {args.rounds}: must be >= 3 with --project-rounds "
+                         "(round 1 holds the start-up; two rounds are timed)")
     num_gpus = args.num_gpus if args.num_gpus is not None else (
         1.0 if args.device == "cuda" else 0.0)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     spec = grid_spec(args)
     cells = len(spec.strategies) * len(spec.seeds)
     wall: dict[str, float] = {}
+    steps: dict[str, list[float]] = {}
     accuracies: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="fedwsa-grid-") as tmp:
-        for layout, one_by_one in (("one-by-one", True), ("stacked", False)):
+        for layout in layouts:
+            one_by_one = layout == "one-by-one"
             print(f"running {cells} cells {layout} ...", file=sys.stderr, flush=True)
             exp = Path(tmp) / layout
             start = time.perf_counter()
@@ -104,15 +149,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
                 raise SystemExit(f"{layout}: {len(result.failed)} cell(s) failed: "
                                  f"{result.failed[0][1]}")
             accuracies[layout] = final_accuracies(exp)
+            steps[layout] = round_seconds(exp, stacked=not one_by_one)
             print(f"done {layout}: {wall[layout]:.1f} s", file=sys.stderr, flush=True)
-    same = accuracies["stacked"] == accuracies["one-by-one"]
-    ratio = wall["one-by-one"] / wall["stacked"]
+    both = len(accuracies) == 2
+    same = accuracies["stacked"] == accuracies["one-by-one"] if both else None
+    ratio = wall["one-by-one"] / wall["stacked"] if both else None
     print(f"config: {'cifar10' if args.data_root else 'synthetic'}, "
           f"{args.strategies} x {args.seeds} seeds = {cells} cells, {args.clients} clients, "
           f"{args.rounds} rounds x {args.local_epochs} epoch(s), batch 64, device "
           f"{args.device}, {os.cpu_count()} CPUs, torch {torch.__version__}")
-    print(f"one by one {wall['one-by-one']:.1f} s, stacked {wall['stacked']:.1f} s: "
-          f"stacked/one-by-one speedup {ratio:.2f}x; same final accuracies: {same}")
+    if both:
+        print(f"one by one {wall['one-by-one']:.1f} s, stacked {wall['stacked']:.1f} s: "
+              f"stacked/one-by-one speedup {ratio:.2f}x; same final accuracies: {same}")
+    projected = {}
+    for layout in layouts:
+        timed = steps[layout]
+        mean = sum(timed) / len(timed) if timed else float("nan")
+        line = f"{layout}: {wall[layout]:.1f} s wall, {mean:.2f} s per round after round 1"
+        if args.project_rounds:
+            projected[layout] = projected_wall(wall[layout], args.rounds, timed,
+                                               args.project_rounds)
+            line += (f"; projected to {args.project_rounds} rounds: "
+                     f"{projected[layout]:.0f} s ({projected[layout] / 60:.1f} min)")
+        print(line)
     report: dict[str, object] = {
         "config": {"strategies": args.strategies.split(","), "seeds": args.seeds,
                    "cells": cells, "clients": args.clients, "rounds": args.rounds,
@@ -122,13 +181,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
                     "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "wall_s": wall,
+        "round_s": steps,
+        "projected_wall_s": projected,
+        "project_rounds": args.project_rounds,
         "speedup_stacked": ratio,
         "same_final_accuracies": same,
         "final_accuracies": accuracies,
     }
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    if not same:
+    if both and not same:
         raise SystemExit("stacked and one-by-one final accuracies differ")
     return report
 

@@ -1,4 +1,5 @@
-"""``benchmarks/speed.py``: its timing arithmetic and one tiny run through all four layouts.
+"""``benchmarks/speed.py``: its timing arithmetic and one tiny run through all four layouts;
+``benchmarks/grid.py``'s round times and projection.
 
 No timing is asserted (machines are shared and noisy); what is checked is that the figures the
 benchmark prints and writes are computed from the runs the way its docstring says.
@@ -17,13 +18,39 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_speed():
-    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
+def load_benchmark(name: str = "speed"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["speed"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_speed():
+    return load_benchmark("speed")
+
+
+def write_cell(exp: Path, name: str, elapsed: list[float]) -> None:
+    (exp / name).mkdir(parents=True)
+    (exp / name / "metrics.jsonl").write_text("".join(
+        json.dumps({"round": r, "elapsed-s": e}) + "\n" for r, e in enumerate(elapsed)))
+
+
+def test_grid_round_times_and_projection(tmp_path: Path) -> None:
+    grid = load_benchmark("grid")
+    # two cells, rounds 0..3; round 1 (start-up) is never timed
+    write_cell(tmp_path, "fedavg_seed=0", [1.0, 10.0, 12.0, 15.0])
+    write_cell(tmp_path, "fedprox_seed=0", [1.5, 10.5, 13.0, 15.5])
+    # stacked: the cells share a round, so a round ends when its last cell's row is written
+    assert grid.round_seconds(tmp_path, stacked=True) == pytest.approx([13.0 - 10.5, 15.5 - 13.0])
+    # one by one: the cells' rounds add up
+    assert grid.round_seconds(tmp_path, stacked=False) == pytest.approx(
+        [(12.0 - 10.0) + (13.0 - 10.5), (15.0 - 12.0) + (15.5 - 13.0)])
+    # 30 s for 3 rounds, then 47 more rounds at the mean step
+    assert grid.projected_wall(30.0, 3, [2.0, 4.0], 50) == pytest.approx(30.0 + 47 * 3.0)
+    with pytest.raises(ValueError, match="at least 2 timed rounds"):
+        grid.projected_wall(30.0, 2, [], 50)
 
 
 def test_round_seconds_subtract_evaluation_and_skip_round_one(tmp_path: Path) -> None:
