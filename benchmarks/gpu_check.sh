@@ -17,7 +17,8 @@
 # Figures go to $OUT (default /tmp/gpu-check); on a CPU, DEVICE=cpu with small sizes tries it.
 # STEPS picks steps (default "tests niid speed grid cost niidgrid"); SPEED_ARGS adds speed.py arguments,
 # STRATEGIES runs speed.py once per strategy preset (default fedavg), and GRID_ARGS replaces
-# grid.py's grid (default: fedavg, fedprox, scaffold x 2 seeds, 10 clients, 3 rounds of 1 epoch).
+# grid.py's grid (default: fedavg, scaffold x 2 seeds, 100 clients, 3 rounds of 1 epoch: issue 15's
+# 100-client goal, rounds per second stacked vs one by one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}
@@ -33,7 +34,7 @@ STEPS=${STEPS:-tests niid speed grid cost niidgrid}
 NIIDGRID_ROUNDS=${NIIDGRID_ROUNDS:-3}
 NIIDGRID_LIMIT_S=${NIIDGRID_LIMIT_S:-200}
 COST_LIMIT_S=${COST_LIMIT_S:-90}
-GRID_ARGS=${GRID_ARGS:---strategies fedavg,fedprox,scaffold --seeds 2 --clients 10 --rounds 3}
+GRID_ARGS=${GRID_ARGS:---strategies fedavg,scaffold --seeds 2 --clients 100 --rounds 3}
 SPEED_ARGS=${SPEED_ARGS:-}
 STRATEGIES=${STRATEGIES:-fedavg}
 mkdir -p "$OUT"
@@ -103,7 +104,7 @@ if [[ " $STEPS " == *" grid "* ]]; then
 echo "== 4. grid.py" | tee "$OUT/grid.txt"
 # shellcheck disable=SC2086  # GRID_ARGS is a list of arguments
 timeout "$GRID_LIMIT_S" python3 benchmarks/grid.py --device "$DEVICE" --data-root "$data" \
-  --out "$OUT/grid.json" $GRID_ARGS 2>&1 | grep -E "^config|^one by one|^done|rror|must be" \
+  --out "$OUT/grid.json" $GRID_ARGS 2>&1 | grep -E "^config|^one by one|^rounds/s|^done|rror|must be" \
   | tee -a "$OUT/grid.txt"
 fi
 
