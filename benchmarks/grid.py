@@ -41,6 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from fedwsa.experiments.compare import build_spec, run_grid  # noqa: E402
+from fedwsa.results.files import read_metrics  # noqa: E402
 
 
 def grid_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -62,29 +63,22 @@ def grid_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def final_accuracies(exp: Path) -> dict[str, float]:
-    out = {}
-    for run in sorted(exp.glob("*_seed=*")):
-        rows = (run / "metrics.jsonl").read_text().splitlines()
-        out[run.name] = json.loads(rows[-1])["test-accuracy"]
-    return out
+    return {run.name: read_metrics(run)[-1]["test-accuracy"]
+            for run in sorted(exp.glob("*_seed=*"))}
 
 
 def round_seconds(exp: Path, stacked: bool) -> list[float]:
-    """Wall seconds of rounds 2..R of a grid. Stacked cells share each round: the step of the
-    latest ``elapsed-s`` over the cells. One-by-one cells run in turn: their steps add up."""
-    elapsed = []
-    for run in sorted(exp.glob("*_seed=*")):
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        elapsed.append({row["round"]: row["elapsed-s"] for row in rows})
-    rounds = sorted(set.intersection(*(set(e) for e in elapsed))) if elapsed else []
-    steps = []
-    for prev, r in zip(rounds, rounds[1:], strict=False):
-        if prev < 1:
-            continue  # round 1 holds the start-up (Ray, the node, the data)
-        deltas = [e[r] - e[prev] for e in elapsed]
-        steps.append(max(e[r] for e in elapsed) - max(e[prev] for e in elapsed) if stacked
-                     else sum(deltas))
-    return steps
+    """Wall seconds of rounds 2..R of a grid (round 1 holds the start-up: Ray, the node, the
+    data). Stacked cells share each round: the step of the latest ``elapsed-s`` over the cells.
+    One-by-one cells run in turn: their steps add up."""
+    elapsed = [{row["round"]: row["elapsed-s"] for row in read_metrics(run)}
+               for run in sorted(exp.glob("*_seed=*"))]
+    if not elapsed:
+        return []
+    rounds = sorted(r for r in set.intersection(*(set(e) for e in elapsed)) if r >= 1)
+    combine = max if stacked else sum  # one by one: the sum of the cells' steps
+    return [combine(e[r] for e in elapsed) - combine(e[prev] for e in elapsed)
+            for prev, r in zip(rounds, rounds[1:], strict=False)]
 
 
 def projected_wall(wall_s: float, rounds: int, steps: list[float], target_rounds: int) -> float:

@@ -14,12 +14,14 @@ from pathlib import Path
 PathLike = Path | str
 
 
-def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
+def write_bytes_atomic(path: PathLike, data: bytes, *, sync_directory: bool = True) -> Path:
     """Write ``data`` so readers never see a half-written file.
 
     The bytes go to a temporary file in the same directory (same filesystem) which is then
     renamed over ``path`` with ``os.replace`` and the directory is synced; a crash leaves either
-    the old or the new file (and at most a ``.<name>.*.tmp`` file beside it).
+    the old or the new file (and at most a ``.<name>.*.tmp`` file beside it). A caller writing
+    many files into one directory passes ``sync_directory=False`` and calls
+    ``fsync_directory`` once after the last.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +38,8 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    fsync_directory(path.parent)
+    if sync_directory:
+        fsync_directory(path.parent)
     return path
 
 
@@ -44,16 +47,12 @@ def fsync_directory(directory: PathLike) -> None:
     """Make a rename in ``directory`` durable: without it a power cut after ``os.replace`` can
     bring back the old file (or none) on ext4/XFS even though the new file's bytes were synced.
     A no-op where directories cannot be opened (Windows) or synced (some network filesystems)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:

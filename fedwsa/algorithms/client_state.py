@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedwsa.atomic import write_bytes_atomic, write_text_atomic
+from fedwsa.atomic import fsync_directory, write_bytes_atomic, write_text_atomic
 from fedwsa.keys import ConfigError
 
 FORMAT = 1
@@ -154,11 +154,15 @@ class ClientStateStore:
             flat = torch.cat([state[n].detach().reshape(-1).float().cpu() for n in self.names])
             buf = io.BytesIO()
             np.save(buf, flat.numpy(), allow_pickle=False)
-            write_bytes_atomic(self._file(cid, server_round), buf.getvalue())
+            # one directory sync after the loop, before any checkpoint refers to these files
+            write_bytes_atomic(self._file(cid, server_round), buf.getvalue(),
+                               sync_directory=False)
             old = self.current.get(cid)
             if old is not None and old != server_round and old != self.committed.get(cid):
                 self._file(cid, old).unlink(missing_ok=True)  # no checkpoint refers to it
             self.current[cid] = server_round
+        if states:
+            fsync_directory(self.path)
 
     def commit(self) -> None:
         """A checkpoint referring to ``current`` is on disk: drop the versions it superseded."""
