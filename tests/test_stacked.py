@@ -75,7 +75,7 @@ def test_stacked_grid_equals_running_the_cells_one_by_one(
     calls = count_fused_calls(monkeypatch)
     passes = count_evaluation_passes(monkeypatch, per_pass=16)
     stacked, single = run_both(tmp_path, STRATEGIES, [0, 1], {"lr": [0.01, 0.02]})
-    assert calls == [2] * 2 * 2 * 4  # 2 rounds x 2 nodes x (2 strategies x 2 seeds)
+    assert calls == [4] * 2 * 2 * 2  # 2 rounds x 2 nodes x 2 seeds (2 strategies x 2 lr)
     assert passes[:6] == [4] * 6  # rounds 0, 1, 2 x 2 seeds, stacked; then one by one
     assert passes[6:] == [1] * 8 * 3
     cells = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
@@ -100,20 +100,20 @@ def test_stacked_grid_equals_running_the_cells_one_by_one(
 
 def test_cells_that_train_alike_share_one_batched_call_and_equal_one_by_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
-    """Strategies with the same local SGD settings x 2 runs each. On each node and round, the
-    six runs without a client term (fedavg, fednova, fedavg with FedAdam on the server, x 2
-    partitions) train in one batched call, and so do the two runs of each strategy with a
-    client term (FedProx's mu, WSA's target and SCAFFOLD's c - c_i per run): every run's
-    numbers are the bits of its one-by-one run (only the shared node statistics, padding and
-    time, differ). The synthetic set is drawn from the seed, so the runs differ in their
-    partition (alpha) instead: runs of other seeds of it cannot share a train set."""
+    """Strategies with the same local SGD settings x 2 runs each, with and without client
+    terms (FedProx's mu, WSA's target and SCAFFOLD's c - c_i per run). On each node and round
+    all twelve runs train in ONE batched call, the runs without a term getting its idle
+    inputs: every run's numbers are the bits of its one-by-one run (only the shared node
+    statistics, padding and time, differ). The synthetic set is drawn from the seed, so the
+    runs differ in their partition (alpha) instead: runs of other seeds of it cannot share a
+    train set."""
     calls = count_fused_calls(monkeypatch)
     strategies = ["fedavg", "fednova", {"strategy": "fedavg", "server-opt": "adam"},
                   {"strategy": "fedprox", "prox-mu": 0.1}, {"strategy": "fedwsa", "wsa-beta": 0.3},
                   "scaffold"]
     stacked, single = run_both(tmp_path, strategies, [0], {"alpha": [0.3, 1.0]},
                                {"num-server-rounds": 3})
-    assert calls == [6, 2, 2, 2] * 3 * 2  # 3 rounds x 2 nodes
+    assert calls == [12] * 3 * 2  # 3 rounds x 2 nodes
     names = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
     assert len(names) == 12
     for name in names:
@@ -190,7 +190,7 @@ def test_a_cell_whose_evaluation_fails_is_set_aside(
 
 
 def test_runs_fuse_only_when_their_clients_train_alike() -> None:
-    from fedwsa.clients.fused import fuse_key
+    from fedwsa.clients.fused import fuse_key, fused_groups, joined
     from fedwsa.config import make_config
     from fedwsa.models import build_model
     from fedwsa.protocol import TrainRequest
@@ -202,15 +202,29 @@ def test_runs_fuse_only_when_their_clients_train_alike() -> None:
                                                        for k, v in keys.items()}})
         return fuse_key(config, TrainRequest(1, [0, 1], config.to_json(), g))
 
+    def join(*keys):  # type: ignore[no-untyped-def]
+        return fused_groups(keys) == [list(range(len(keys)))]
+
     assert key(strategy="fedavg", seed=0) == key(strategy="fednova", seed=1, lr=0.05)
     assert key(strategy="fedwsa", lr=0.01, momentum=0.5) == key(strategy="fedwsa", lr=0.1)
-    assert key(strategy="fedwsa", wsa_layers="conv1.weight") != key(
-        strategy="fedwsa", wsa_layers="fc3.weight")  # the term regularises other layers
-    assert key(strategy="scaffold", lr=0.01) != key(strategy="scaffold", lr=0.02)  # steps with lr
-    assert key(batch_size=32) != key(batch_size=64)
+    assert not join(key(strategy="fedwsa", wsa_layers="conv1.weight"),
+                    key(strategy="fedwsa", wsa_layers="fc3.weight"))  # other layers
+    assert not join(key(strategy="scaffold", lr=0.01), key(strategy="scaffold", lr=0.02))
+    assert join(key(strategy="scaffold", lr=0.01), key(strategy="fedavg", lr=0.02))  # c - c_i = 0
+    assert not join(key(batch_size=32), key(batch_size=64))
     assert key(local_epochs=1) == key(local_epochs=3, strategy="fednova")  # steps per client
-    assert key(strategy="fedavg") != key(strategy="fedprox")
+    # Other client terms: the runs without a term get its idle inputs.
+    niid_bench = [key(strategy=s) for s in ("fedavg", "fedprox", "scaffold", "fednova",
+                                              "fedwsa", "cart")]
+    assert join(*niid_bench)
+    assert joined(niid_bench[0], niid_bench[1]).terms == niid_bench[1].terms
+    # A run joins the first group it can: the two WSA layer choices part, fedavg joins the first.
+    assert fused_groups([key(strategy="fedwsa", wsa_layers="conv1.weight"),
+                         key(strategy="fedwsa", wsa_layers="fc3.weight"),
+                         key(strategy="fedavg"), key(strategy="fedprox", batch_size=16)]
+                        ) == [[0, 2], [1], [3]]
     assert key(trainer="sequential") is None and key(fail_rate=0.1) is None
+    assert fused_groups([None, None]) == [[0], [1]]
     assert key(dataset="synthetic", seed=0) != key(dataset="synthetic", seed=1)
 
 

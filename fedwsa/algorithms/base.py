@@ -88,6 +88,13 @@ class ClientTerm:
         layers WSA regularises): runs fuse on a node only when their terms' keys are equal."""
         return ()
 
+    def idle_inputs(self, shared: Tensors, own: Tensors) -> tuple[Tensors, Tensors] | None:
+        """Inputs under which this term changes nothing, shaped like ``shared`` and ``own``
+        (one client's, from a run that uses the term), or None if there are none. Clients of a
+        run WITHOUT the term can then train in the same batched call as clients of runs with
+        it (``fedwsa.clients.fused``): every hook adds an exact zero to them."""
+        return None
+
     def overrides(self, hook: str) -> bool:
         """Does this term define ``hook``? Trainers call only the hooks a term defines."""
         return getattr(type(self), hook) is not getattr(ClientTerm, hook)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from fedwsa.algorithms.base import ClientInputs, ClientTerm, ServerPart
+from fedwsa.algorithms.base import ClientInputs, ClientTerm, ServerPart, Tensors
 from fedwsa.keys import key, number
 
 if TYPE_CHECKING:
@@ -51,6 +51,10 @@ class ProxTerm(ClientTerm):
         else:
             torch._foreach_mul_(diff, [mu.view(-1, *[1] * (d.dim() - 1)) for d in diff])
         torch._foreach_add_([grads[n] for n in names], diff)
+
+    def idle_inputs(self, shared: Tensors, own: Tensors) -> tuple[Tensors, Tensors]:
+        """mu = 0: the gradient gains mu (theta - theta_g) = 0."""
+        return {"mu": torch.zeros_like(shared["mu"])}, {}
 
 
 class ProxServer(ServerPart):

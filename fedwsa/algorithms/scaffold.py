@@ -69,6 +69,10 @@ class ScaffoldTerm(ClientTerm):
         names = list(params)
         torch._foreach_add_([params[n] for n in names], [own[n] for n in names], alpha=-lr)
 
+    def idle_inputs(self, shared: Tensors, own: Tensors) -> tuple[Tensors, Tensors]:
+        """c - c_i = 0: the step's correction is lr * 0."""
+        return {}, {n: torch.zeros_like(v) for n, v in own.items()}
+
 
 def store_path(config: Config) -> Path:
     """Where the control variates live: ``scaffold-store``, else ``<run-dir>/client-state``."""

@@ -86,6 +86,13 @@ class WsaTerm(ClientTerm):
              shared: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> Tensor:
         return shared["beta"] * wsa_penalty(params, self.names, shared["mu"], shared["sigma"])
 
+    def idle_inputs(self, shared: Tensors, own: Tensors) -> tuple[Tensors, Tensors]:
+        """beta = 0 against a unit-scope target: the loss gains 0 * KL, whose gradient is 0
+        while the client's scopes are finite and non-zero (a layer of identical weights,
+        sigma = 0, would make it NaN; never seen in training)."""
+        return {"beta": torch.zeros_like(shared["beta"]), "mu": torch.zeros_like(shared["mu"]),
+                "sigma": torch.ones_like(shared["sigma"])}, {}
+
 
 class WsaTarget(ServerPart):
     """The target scope sent to the clients, fused from their scopes after each round."""

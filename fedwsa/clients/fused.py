@@ -2,34 +2,45 @@
 
 When a federation serves several runs (``fedwsa compare``'s stacked cells), runs whose clients
 train alike can share the batched trainer's ``vmap``: same model, data set and pixel pipeline,
-batch size and augmentation, the same client terms (learning rate, momentum and weight decay
-may differ: they enter the step as per-client tensors; local epochs may differ: each client
-makes its own number of steps, as clients of unequal sizes already do). Their clients become virtual
-clients of one cohort: each keeps its own partition, its own data and augmentation stream (its
-run's seed and its own id), starts from its own run's global model, and its terms see its own
-run's inputs (a FedProx mu, a WSA target, SCAFFOLD's c - c_i), all as rows of one stack.
+batch size and augmentation (learning rate, momentum and weight decay may differ: they enter
+the step as per-client tensors; local epochs may differ: each client makes its own number of
+steps, as clients of unequal sizes already do). Their clients become virtual clients of one
+cohort: each keeps its own partition, its own data and augmentation stream (its run's seed and
+its own id), starts from its own run's global model, and its terms see its own run's inputs (a
+FedProx mu, a WSA target, SCAFFOLD's c - c_i), all as rows of one stack.
+
+Client terms need not match either. The call runs the union of the runs' terms, and a client
+of a run without one of them gets the term's idle inputs (``ClientTerm.idle_inputs``: mu = 0,
+beta = 0, c - c_i = 0), under which the term adds exact zeros. So NIID-Bench's whole grid
+(fedavg, fedprox, scaffold, fednova, fedwsa, cart) is one ``vmap`` call per node and round
+instead of one per distinct set of terms. The price is the terms' work on every row (WSA's
+scope KL, a model-sized zero c - c_i): small beside a client's forward and backward pass.
+Runs still train apart when a term they share acts differently (WSA on other layers; SCAFFOLD,
+which steps with the learning rate itself, at another lr).
+
 Clients never mix inside ``vmap``, and on a CPU every client's result is bit-identical whatever
 it is batched with, so a fused run gives the numbers it would give alone
 (``tests/test_stacked.py``).
 
-What does not fuse (other client terms, another model or batch size, the sequential trainer,
-fault injection) is trained in its own call, as before. Another batch size is another tensor
-shape: padding the smaller batches to the largest would spend the padding's compute and give
-up bit-identical results, so those runs train apart. Runs that differ in lr,
-momentum or weight decay step with per-client tensors; they agree with their one-by-one runs
-to float rounding (bit for bit on the CPUs we measured, not guaranteed on every kernel).
+What does not fuse (another model or batch size, the sequential trainer, fault injection) is
+trained in its own call, as before. Another batch size is another tensor shape: padding the
+smaller batches to the largest would spend the padding's compute and give up bit-identical
+results, so those runs train apart. Runs that differ in lr, momentum or weight decay step with
+per-client tensors; they agree with their one-by-one runs to float rounding (bit for bit on
+the CPUs we measured, not guaranteed on every kernel).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
-from fedwsa.algorithms import client_terms
-from fedwsa.algorithms.base import ClientInputs
+from fedwsa.algorithms import ClientTerm, client_terms
+from fedwsa.algorithms.base import ClientInputs, Tensors, namespaced, own_arrays
 from fedwsa.clients.node import NodeData, node_data
 from fedwsa.clients.trainer import CohortTask, LocalSettings
 from fedwsa.clients.trainers import build_trainer
@@ -40,53 +51,125 @@ from fedwsa.protocol import TrainReply, TrainRequest
 log = logging.getLogger(__name__)
 
 
-def fuse_key(config: Config, request: TrainRequest) -> tuple | None:
-    """Runs with equal keys train together; None: this run trains on its own."""
+@dataclass(frozen=True)
+class FuseKey:
+    """What decides whether a run's clients can train in a joint call (``joined``)."""
+
+    base: tuple[Any, ...]                   # must be equal
+    terms: tuple[tuple[str, Any], ...]      # (term, what must match where both runs have it)
+    idle: frozenset[str]                    # its terms that have idle inputs
+
+
+def _steps_with_lr(term: ClientTerm) -> bool:
+    """Does the term use the trainer's (scalar) lr? Then its runs must share it."""
+    return term.overrides("after_step") or term.overrides("outputs")
+
+
+def fuse_key(config: Config, request: TrainRequest) -> FuseKey | None:
+    """The run's ``FuseKey``; None: this run trains on its own."""
     if config.trainer != "batched" or config.fail_rate > 0:
         return None
     terms = client_terms(config, request.global_params)
-    # lr, momentum and weight decay may differ per client (tensors in the batched step),
-    # unless a term steps with the learning rate itself (SCAFFOLD's correction).
-    uses_lr = any(t.overrides("after_step") or t.overrides("outputs") for t in terms)
-    settings = replace(LocalSettings.from_config(config), seed=0, local_epochs=0,
-                       lr=config.lr if uses_lr else 0.0, momentum=0.0, weight_decay=0.0)
-    return (settings, tuple((t.name, t.fuse_key()) for t in terms), tuple(sorted(request.shared)),
-            tuple(sorted(request.per_client)),
+    # lr, momentum and weight decay may differ per client (tensors in the batched step).
+    settings = replace(LocalSettings.from_config(config), seed=0, local_epochs=0, lr=0.0,
+                       momentum=0.0, weight_decay=0.0)
+    term_keys = tuple(
+        (t.name, (t.fuse_key(), config.lr if _steps_with_lr(t) else None,
+                  tuple(sorted(own_arrays(t.name, request.shared))),
+                  tuple(sorted(own_arrays(t.name, request.per_client)))))
+        for t in terms)
+    prefixes = tuple(f"{t.name}/" for t in terms)
+    other_inputs = tuple(sorted(n for n in (*request.shared, *request.per_client)
+                                if not n.startswith(prefixes)))
+    base = (settings, other_inputs,
             train_set_key(config.dataset, config.data_root, config.seed), config.model,
-            config.device, config.normalize,
-            config.crop_padding, config.precision, config.max_batched_clients,
-            request.server_round)
+            config.device, config.normalize, config.crop_padding, config.precision,
+            config.max_batched_clients, request.server_round)
+    return FuseKey(base, term_keys,
+                   frozenset(t.name for t in terms if t.overrides("idle_inputs")))
+
+
+def joined(group: FuseKey, key: FuseKey) -> FuseKey | None:
+    """The key of ``group``'s joint call with ``key``'s run added, or None if it cannot join:
+    the terms both have must act alike, a term only one side has must have idle inputs, and
+    the union keeps each run's order of terms."""
+    if group.base != key.base:
+        return None
+    mine, theirs = dict(group.terms), dict(key.terms)
+    if any(mine[n] != theirs[n] for n in mine.keys() & theirs.keys()):
+        return None
+    idle = group.idle | key.idle
+    if not (mine.keys() ^ theirs.keys()) <= idle:
+        return None
+    union = (*group.terms, *((n, k) for n, k in key.terms if n not in mine))
+    if [n for n, _ in union if n in theirs] != [n for n, _ in key.terms]:
+        return None
+    return FuseKey(group.base, union, idle)
+
+
+def _idle_inputs(runs: Sequence[tuple[TrainRequest, Config]], own_terms: list[list[ClientTerm]],
+                 union: dict[str, ClientTerm]) -> dict[str, tuple[Tensors, Tensors]]:
+    """Per term that some run lacks: its idle (shared, own) inputs, namespaced, shaped like
+    those of the first run that has it."""
+    idle: dict[str, tuple[Tensors, Tensors]] = {}
+    for name, term in union.items():
+        having = [r for r, terms in enumerate(own_terms) if any(t.name == name for t in terms)]
+        if len(having) == len(runs):
+            continue
+        request = runs[having[0]][0]
+        got = term.idle_inputs(own_arrays(name, request.shared),
+                               {n: v[0] for n, v in own_arrays(name, request.per_client).items()})
+        if got is None:
+            raise ValueError(f"client term {name} has no idle inputs: runs without it cannot "
+                             "train with runs that have it")
+        idle[name] = (namespaced(name, got[0]), namespaced(name, got[1]))
+    return idle
 
 
 def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]:
-    """Train the clients of ``runs`` (equal ``fuse_key``) in one batched call; one reply per
-    run, in order."""
+    """Train the clients of ``runs`` (one of ``fused_groups``) in one batched call; one reply
+    per run, in order."""
     datas = [node_data(config) for _, config in runs]
     first = datas[0]
+    own_terms = [client_terms(config, request.global_params) for request, config in runs]
+    union: dict[str, ClientTerm] = {}
+    for terms in own_terms:
+        for term in terms:
+            union.setdefault(term.name, term)
+    idle = _idle_inputs(runs, own_terms, union)
     partitions: list[torch.Tensor] = []
     streams: list[tuple[int, int]] = []
     owner: list[tuple[int, int]] = []  # virtual id -> (run, client id)
-    starts: dict[str, list[torch.Tensor]] = {n: [] for n in runs[0][0].global_params}
-    shared: dict[str, list[torch.Tensor]] = {n: [] for n in runs[0][0].shared}
-    own: dict[str, list[torch.Tensor]] = {n: [] for n in runs[0][0].per_client}
+    starts: dict[str, list[torch.Tensor]] = {}
+    shared: dict[str, list[torch.Tensor]] = {}
+    own: dict[str, list[torch.Tensor]] = {}
     for r, ((request, config), data) in enumerate(zip(runs, datas, strict=True)):
         if data.images is not first.images or not torch.equal(data.mean, first.mean):
             raise ValueError("runs fused on a node must share the train set and its pixels")
+        lacking = [idle[n] for n in union if all(t.name != n for t in own_terms[r])]
+        run_shared = dict(request.shared)
+        same_own: Tensors = {}  # the idle terms' own inputs: one row for every client
+        for idle_shared, idle_own in lacking:
+            run_shared.update(idle_shared)
+            same_own.update(idle_own)
         for k, cid in enumerate(request.client_ids):
             owner.append((r, cid))
             partitions.append(data.partitions[cid])
             streams.append((config.seed, cid))
-            for arrays, rows in ((request.global_params, starts), (request.shared, shared)):
+            for arrays, rows in ((request.global_params, starts), (run_shared, shared),
+                                 (same_own, own)):
                 for n, v in arrays.items():
-                    rows[n].append(v)
+                    rows.setdefault(n, []).append(v)
             for n, v in request.per_client.items():
-                own[n].append(v[k])
+                own.setdefault(n, []).append(v[k])
     fused = NodeData(first.device, first.images, first.labels, first.mean, first.std,
                      first.num_classes, tuple(partitions), first.pad_mode, tuple(streams))
-    request0, config0 = runs[0]
+    # A term that steps with the trainer's scalar lr gets its runs' lr (``fuse_key``).
+    lead = next((c for (_, c), terms in zip(runs, own_terms, strict=True)
+                 if any(_steps_with_lr(t) for t in terms)), runs[0][1])
     epochs = [c.local_epochs for _, c in runs]
-    trainer = build_trainer(config0, fused, client_epochs=None if len(set(epochs)) == 1 else
-                            tuple(epochs[r] for r, _ in owner))
+    trainer = build_trainer(lead, fused, client_epochs=None if len(set(epochs)) == 1 else
+                            tuple(epochs[r] for r, _ in owner), terms=list(union.values()))
 
     def stacked(rows: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
         return {n: torch.stack(v) for n, v in rows.items()}
@@ -98,6 +181,7 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
         hyper = {name: torch.tensor([v[i] for v in per_client], dtype=torch.float32)
                  for i, name in enumerate(("neg-lr", "momentum", "weight-decay"))}
         hyper["neg-lr"] = -hyper["neg-lr"]
+    request0 = runs[0][0]
     task = CohortTask(request0.server_round, list(range(len(owner))), request0.global_params,
                       ClientInputs(per_client=stacked(own)), start_params=stacked(starts),
                       shared_rows=stacked(shared), hyper_rows=hyper)
@@ -105,8 +189,11 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
     rows = {owner[row.client_id]: row for row in result.rows()}
     replies = []
     for r, (request, _) in enumerate(runs):
-        mine = [rows[(r, c)]._replace(client_id=c) for c in request.client_ids
-                if (r, c) in rows]
+        prefixes = tuple(f"{t.name}/" for t in own_terms[r])  # not the idle terms' outputs
+        mine = [rows[(r, c)]._replace(
+                    client_id=c, outputs={n: v for n, v in rows[(r, c)].outputs.items()
+                                          if n.startswith(prefixes)})
+                for c in request.client_ids if (r, c) in rows]
         failures = {owner[v][1]: why for v, why in result.failures.items() if owner[v][0] == r}
         for cid, why in sorted(failures.items()):  # as train_cohort logs a run's own failures
             log.warning("run %d of a joint call: client %d failed in round %d: %s", r, cid,
@@ -116,9 +203,16 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
     return replies
 
 
-def fused_groups(keys: Sequence[tuple | None]) -> list[list[int]]:
-    """Positions grouped by equal key (None: alone), in first-seen order."""
-    groups: dict[object, list[int]] = {}
+def fused_groups(keys: Sequence[FuseKey | None]) -> list[list[int]]:
+    """Positions grouped into joint calls (None: alone), each run in the first group it can
+    join, groups in first-seen order."""
+    groups: list[tuple[FuseKey | None, list[int]]] = []
     for i, key in enumerate(keys):
-        groups.setdefault(("alone", i) if key is None else key, []).append(i)
-    return list(groups.values())
+        for g, (union, members) in enumerate(groups):
+            both = None if key is None or union is None else joined(union, key)
+            if both is not None:
+                groups[g] = (both, [*members, i])
+                break
+        else:
+            groups.append((key, [i]))
+    return [members for _, members in groups]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fedwsa.algorithms import client_terms
+from fedwsa.algorithms import ClientTerm, client_terms
 from fedwsa.clients.batched import BatchedTrainer
 from fedwsa.clients.node import NodeData
 from fedwsa.clients.sequential import SequentialTrainer
@@ -14,13 +14,16 @@ from fedwsa.models import build_model, check_functional
 
 
 def build_trainer(config: Config, data: NodeData,
-                  client_epochs: tuple[int, ...] | None = None) -> Trainer:
+                  client_epochs: tuple[int, ...] | None = None,
+                  terms: list[ClientTerm] | None = None) -> Trainer:
     """The ``trainer`` of ``config``, over the node's data (``client_epochs``: each client's
-    own local epochs, by client id; see ``LocalSettings``)."""
+    own local epochs, by client id; see ``LocalSettings``; ``terms``: the client terms, by
+    default those of ``config``'s strategy)."""
     model = build_model(config.model, data.num_classes)
     check_functional(model)
     settings = replace(LocalSettings.from_config(config), client_epochs=client_epochs)
-    terms = client_terms(config, dict(model.named_parameters()))
+    if terms is None:
+        terms = client_terms(config, dict(model.named_parameters()))
     if config.trainer == "batched":
         return BatchedTrainer(model, data, settings, config.max_batched_clients, config.precision,
                               terms=terms)
