@@ -124,6 +124,24 @@ def test_cells_that_train_alike_share_one_batched_call_and_equal_one_by_one(
     assert len({rows(stacked / n)[-1]["test-accuracy"] for n in names}) > 6
 
 
+def test_scaffold_fused_with_runs_at_another_lr_keeps_its_own_lr(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
+    """SCAFFOLD's correction steps with the trainer's scalar lr: a scaffold cell trains with a
+    fedavg cell of another lr (its c - c_i idle), never with a scaffold cell of another lr, and
+    every cell agrees with its one-by-one run."""
+    calls = count_fused_calls(monkeypatch)
+    stacked, single = run_both(tmp_path, ["scaffold", "fedavg"], [0], {"lr": [0.01, 0.03]})
+    # 2 rounds x 2 nodes: scaffold at 0.01 with both fedavg cells; scaffold at 0.03 alone
+    assert calls == [3] * 2 * 2
+    names = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
+    assert len(names) == 4
+    for name in names:
+        for g, w in zip(rows(stacked / name), rows(single / name), strict=True):
+            for k in set(w) - {"node-wasted-fraction"}:
+                want = w[k] if w[k] is None else pytest.approx(w[k], rel=1e-4, abs=1e-5)
+                assert g[k] == want, (name, k)
+
+
 def test_runs_with_other_local_epochs_train_in_one_call_bit_for_bit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
     """FedAvg and FedNova (whose normaliser counts each client's steps) at 1 and 3 local
@@ -211,6 +229,9 @@ def test_runs_fuse_only_when_their_clients_train_alike() -> None:
                     key(strategy="fedwsa", wsa_layers="fc3.weight"))  # other layers
     assert not join(key(strategy="scaffold", lr=0.01), key(strategy="scaffold", lr=0.02))
     assert join(key(strategy="scaffold", lr=0.01), key(strategy="fedavg", lr=0.02))  # c - c_i = 0
+    assert fused_groups([key(strategy="scaffold", lr=0.01), key(strategy="fedavg", lr=0.02),
+                         key(strategy="scaffold", lr=0.02),
+                         key(strategy="fedwsa-scaffold", lr=0.02)]) == [[0, 1], [2, 3]]
     assert not join(key(batch_size=32), key(batch_size=64))
     assert key(local_epochs=1) == key(local_epochs=3, strategy="fednova")  # steps per client
     # Other client terms: the runs without a term get its idle inputs.

@@ -88,8 +88,8 @@ class WsaTerm(ClientTerm):
 
     def idle_inputs(self, shared: Tensors, own: Tensors) -> tuple[Tensors, Tensors]:
         """beta = 0 against a unit-scope target: the loss gains 0 * KL, whose gradient is 0
-        while the client's scopes are finite and non-zero (a layer of identical weights,
-        sigma = 0, would make it NaN; never seen in training)."""
+        while the KL is finite (a diverging client whose layer variance overflows float32
+        would get NaN: ``fedwsa.clients.fused``)."""
         return {"beta": torch.zeros_like(shared["beta"]), "mu": torch.zeros_like(shared["mu"]),
                 "sigma": torch.ones_like(shared["sigma"])}, {}
 

@@ -237,7 +237,8 @@ class BatchedTrainer:
         self.precision = precision
         self.terms = list(terms or [])
         # Only terms that add a loss enter the vmapped step (and only then do the global model
-        # and the inputs): a plain FedAvg step stays as small as it was before terms existed.
+        # and the inputs): a plain FedAvg step stays as small as it was before terms existed
+        # (unless it trains fused with a run whose term adds one: ``fedwsa.clients.fused``).
         self._loss_terms = [t for t in self.terms if t.overrides("loss")]
         self._corrections = [t for t in self.terms if t.overrides("correct_grad")]
         self._steps_after = [t for t in self.terms if t.overrides("after_step")]

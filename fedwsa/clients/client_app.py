@@ -19,7 +19,7 @@ from flwr.common.logger import log as flwr_log
 from fedwsa.algorithms import linear_merge
 from fedwsa.algorithms.base import ClientInputs
 from fedwsa.clients.failures import reason, train_cohort
-from fedwsa.clients.fused import fuse_key, fused_groups, train_fused
+from fedwsa.clients.fused import FuseKey, fuse_key, fused_groups, train_fused
 from fedwsa.clients.node import node_data
 from fedwsa.clients.node_config import node_overrides
 from fedwsa.clients.trainer import CohortTask
@@ -86,7 +86,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=bundle({tag: replies[tag] for tag in parts}), reply_to=msg)
 
 
-def _fuse_key(request: TrainRequest, config: Config) -> tuple | None:
+def _fuse_key(request: TrainRequest, config: Config) -> FuseKey | None:
     """``fuse_key``, or None (train alone) when it cannot be made: that run's problem then
     shows when it trains, as its own error."""
     try:

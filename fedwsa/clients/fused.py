@@ -14,9 +14,15 @@ of a run without one of them gets the term's idle inputs (``ClientTerm.idle_inpu
 beta = 0, c - c_i = 0), under which the term adds exact zeros. So NIID-Bench's whole grid
 (fedavg, fedprox, scaffold, fednova, fedwsa, cart) is one ``vmap`` call per node and round
 instead of one per distinct set of terms. The price is the terms' work on every row (WSA's
-scope KL, a model-sized zero c - c_i): small beside a client's forward and backward pass.
-Runs still train apart when a term they share acts differently (WSA on other layers; SCAFFOLD,
-which steps with the learning rate itself, at another lr).
+scope KL, a model-sized zero c - c_i): small beside a client's forward and backward pass (on
+2 CPU cores the one call was 1.16x faster, ``benchmarks/fused_terms.py``). The zero c - c_i
+is held per client too: one model's size per client of a run without SCAFFOLD, negligible
+for the simple CNN, 45 MB per client for a ResNet-18 (large grids then train in smaller
+chunks). One hazard: a diverging client whose layer variance overflows float32 (weights near
+1e18) gets 0 * inf = NaN from an idle WSA term and is counted as failed, where alone it could
+still be finite for a while. Runs still train apart when a term they share acts differently
+(WSA on other layers), and runs with SCAFFOLD, which steps with the learning rate itself,
+only train with runs of the same lr.
 
 Clients never mix inside ``vmap``, and on a CPU every client's result is bit-identical whatever
 it is batched with, so a fused run gives the numbers it would give alone
@@ -58,6 +64,7 @@ class FuseKey:
     base: tuple[Any, ...]                   # must be equal
     terms: tuple[tuple[str, Any], ...]      # (term, what must match where both runs have it)
     idle: frozenset[str]                    # its terms that have idle inputs
+    lr: float | None = None                 # the lr of its terms that step with the lr
 
 
 def _steps_with_lr(term: ClientTerm) -> bool:
@@ -74,8 +81,7 @@ def fuse_key(config: Config, request: TrainRequest) -> FuseKey | None:
     settings = replace(LocalSettings.from_config(config), seed=0, local_epochs=0, lr=0.0,
                        momentum=0.0, weight_decay=0.0)
     term_keys = tuple(
-        (t.name, (t.fuse_key(), config.lr if _steps_with_lr(t) else None,
-                  tuple(sorted(own_arrays(t.name, request.shared))),
+        (t.name, (t.fuse_key(), tuple(sorted(own_arrays(t.name, request.shared))),
                   tuple(sorted(own_arrays(t.name, request.per_client)))))
         for t in terms)
     prefixes = tuple(f"{t.name}/" for t in terms)
@@ -86,15 +92,16 @@ def fuse_key(config: Config, request: TrainRequest) -> FuseKey | None:
             config.device, config.normalize, config.crop_padding, config.precision,
             config.max_batched_clients, request.server_round)
     return FuseKey(base, term_keys,
-                   frozenset(t.name for t in terms if t.overrides("idle_inputs")))
+                   frozenset(t.name for t in terms if t.overrides("idle_inputs")),
+                   config.lr if any(_steps_with_lr(t) for t in terms) else None)
 
 
 def joined(group: FuseKey, key: FuseKey) -> FuseKey | None:
     """The key of ``group``'s joint call with ``key``'s run added, or None if it cannot join:
     the terms both have must act alike, a term only one side has must have idle inputs, and
     the union keeps each run's order of terms."""
-    if group.base != key.base:
-        return None
+    if group.base != key.base or None not in (group.lr, key.lr) and group.lr != key.lr:
+        return None  # the trainer has one scalar lr for the terms that step with it
     mine, theirs = dict(group.terms), dict(key.terms)
     if any(mine[n] != theirs[n] for n in mine.keys() & theirs.keys()):
         return None
@@ -104,7 +111,7 @@ def joined(group: FuseKey, key: FuseKey) -> FuseKey | None:
     union = (*group.terms, *((n, k) for n, k in key.terms if n not in mine))
     if [n for n, _ in union if n in theirs] != [n for n, _ in key.terms]:
         return None
-    return FuseKey(group.base, union, idle)
+    return FuseKey(group.base, union, idle, key.lr if group.lr is None else group.lr)
 
 
 def _idle_inputs(runs: Sequence[tuple[TrainRequest, Config]], own_terms: list[list[ClientTerm]],
