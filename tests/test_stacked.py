@@ -231,7 +231,7 @@ def test_runs_fuse_only_when_their_clients_train_alike() -> None:
     assert join(key(strategy="scaffold", lr=0.01), key(strategy="fedavg", lr=0.02))  # c - c_i = 0
     assert fused_groups([key(strategy="scaffold", lr=0.01), key(strategy="fedavg", lr=0.02),
                          key(strategy="scaffold", lr=0.02),
-                         key(strategy="fedwsa-scaffold", lr=0.02)]) == [[0, 1], [2, 3]]
+                         key(strategy="fedwsa", lr=0.02)]) == [[0, 1, 3], [2]]
     assert not join(key(batch_size=32), key(batch_size=64))
     assert key(local_epochs=1) == key(local_epochs=3, strategy="fednova")  # steps per client
     # Other client terms: the runs without a term get its idle inputs.
