@@ -100,7 +100,7 @@ def joined(group: FuseKey, key: FuseKey) -> FuseKey | None:
     """The key of ``group``'s joint call with ``key``'s run added, or None if it cannot join:
     the terms both have must act alike, a term only one side has must have idle inputs, and
     the union keeps each run's order of terms."""
-    if group.base != key.base or None not in (group.lr, key.lr) and group.lr != key.lr:
+    if group.base != key.base or (None not in (group.lr, key.lr) and group.lr != key.lr):
         return None  # the trainer has one scalar lr for the terms that step with it
     mine, theirs = dict(group.terms), dict(key.terms)
     if any(mine[n] != theirs[n] for n in mine.keys() & theirs.keys()):
@@ -114,13 +114,13 @@ def joined(group: FuseKey, key: FuseKey) -> FuseKey | None:
     return FuseKey(group.base, union, idle, key.lr if group.lr is None else group.lr)
 
 
-def _idle_inputs(runs: Sequence[tuple[TrainRequest, Config]], own_terms: list[list[ClientTerm]],
+def _idle_inputs(runs: Sequence[tuple[TrainRequest, Config]], names: list[set[str]],
                  union: dict[str, ClientTerm]) -> dict[str, tuple[Tensors, Tensors]]:
-    """Per term that some run lacks: its idle (shared, own) inputs, namespaced, shaped like
-    those of the first run that has it."""
+    """Per term that some run lacks (``names``: each run's term names): its idle (shared,
+    own) inputs, namespaced, shaped like those of the first run that has it."""
     idle: dict[str, tuple[Tensors, Tensors]] = {}
     for name, term in union.items():
-        having = [r for r, terms in enumerate(own_terms) if any(t.name == name for t in terms)]
+        having = [r for r, mine in enumerate(names) if name in mine]
         if len(having) == len(runs):
             continue
         request = runs[having[0]][0]
@@ -139,11 +139,12 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
     datas = [node_data(config) for _, config in runs]
     first = datas[0]
     own_terms = [client_terms(config, request.global_params) for request, config in runs]
+    names = [{t.name for t in terms} for terms in own_terms]
     union: dict[str, ClientTerm] = {}
     for terms in own_terms:
         for term in terms:
             union.setdefault(term.name, term)
-    idle = _idle_inputs(runs, own_terms, union)
+    idle = _idle_inputs(runs, names, union)
     partitions: list[torch.Tensor] = []
     streams: list[tuple[int, int]] = []
     owner: list[tuple[int, int]] = []  # virtual id -> (run, client id)
@@ -153,7 +154,7 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
     for r, ((request, config), data) in enumerate(zip(runs, datas, strict=True)):
         if data.images is not first.images or not torch.equal(data.mean, first.mean):
             raise ValueError("runs fused on a node must share the train set and its pixels")
-        lacking = [idle[n] for n in union if all(t.name != n for t in own_terms[r])]
+        lacking = [idle[n] for n in union if n not in names[r]]
         run_shared = dict(request.shared)
         same_own: Tensors = {}  # the idle terms' own inputs: one row for every client
         for idle_shared, idle_own in lacking:
@@ -196,7 +197,7 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
     rows = {owner[row.client_id]: row for row in result.rows()}
     replies = []
     for r, (request, _) in enumerate(runs):
-        prefixes = tuple(f"{t.name}/" for t in own_terms[r])  # not the idle terms' outputs
+        prefixes = tuple(f"{n}/" for n in names[r])  # not the idle terms' outputs
         mine = [rows[(r, c)]._replace(
                     client_id=c, outputs={n: v for n, v in rows[(r, c)].outputs.items()
                                           if n.startswith(prefixes)})
