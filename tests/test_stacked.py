@@ -127,14 +127,18 @@ def test_cells_that_train_alike_share_one_batched_call_and_equal_one_by_one(
 def test_scaffold_fused_with_runs_at_another_lr_keeps_its_own_lr(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
     """SCAFFOLD's correction steps with the trainer's scalar lr: a scaffold cell trains with a
-    fedavg cell of another lr (its c - c_i idle), never with a scaffold cell of another lr, and
-    every cell agrees with its one-by-one run."""
+    fedavg cell of another lr (its c - c_i idle), never with a scaffold cell of another lr;
+    fedwsa-scaffold (WSA's loss, then SCAFFOLD's step) joins the scaffold cell of its lr,
+    whose union lists SCAFFOLD first (the two terms define other hooks). Every cell agrees
+    with its one-by-one run."""
     calls = count_fused_calls(monkeypatch)
-    stacked, single = run_both(tmp_path, ["scaffold", "fedavg"], [0], {"lr": [0.01, 0.03]})
-    # 2 rounds x 2 nodes: scaffold at 0.01 with both fedavg cells; scaffold at 0.03 alone
-    assert calls == [3] * 2 * 2
+    stacked, single = run_both(tmp_path, ["scaffold", "fedwsa-scaffold", "fedavg"], [0],
+                               {"lr": [0.01, 0.03]})
+    # Per node and round: scaffold, fedwsa-scaffold and both fedavg cells at 0.01; scaffold
+    # and fedwsa-scaffold at 0.03. 2 rounds x 2 nodes.
+    assert calls == [4, 2] * 2 * 2
     names = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
-    assert len(names) == 4
+    assert len(names) == 6
     for name in names:
         for g, w in zip(rows(stacked / name), rows(single / name), strict=True):
             for k in set(w) - {"node-wasted-fraction"}:
@@ -160,6 +164,34 @@ def test_runs_with_other_local_epochs_train_in_one_call_bit_for_bit(
         assert got == want, name
     finals = {name: rows(single / name)[-1]["test-loss"] for name in names}
     assert len(set(finals.values())) == 4  # epochs (and FedNova's normaliser) change the runs
+
+
+def test_a_failing_joint_call_is_split_until_the_failure_finds_its_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
+    """A joint call that raises (here: whenever the lr-0.05 run is in it) is split in halves:
+    the two runs of the good half still train together, the other two alone, and every run
+    ends as its one-by-one run does."""
+    import fedwsa.clients.client_app as client_app
+
+    calls = count_fused_calls(monkeypatch)
+    counting = client_app.train_fused
+
+    def broken_with_lr_0_05(runs):  # type: ignore[no-untyped-def]
+        if any(config.lr == 0.05 for _, config in runs):
+            raise RuntimeError("joint call failed")
+        return counting(runs)
+
+    monkeypatch.setattr(client_app, "train_fused", broken_with_lr_0_05)
+    stacked, single = run_both(tmp_path, ["fedavg"], [0], {"lr": [0.01, 0.02, 0.03, 0.05]})
+    assert calls == [2] * 2 * 2  # [0.01, 0.02] per node and round; 0.03 and 0.05 alone
+    names = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
+    assert len(names) == 4
+    for name in names:
+        got, want = rows(stacked / name), rows(single / name)
+        assert [r["round"] for r in got] == [0, 1, 2], name
+        for g, w in zip(got, want, strict=True):
+            assert g["test-accuracy"] == pytest.approx(w["test-accuracy"], abs=1e-6), name
+            assert g["test-loss"] == pytest.approx(w["test-loss"], rel=1e-4), name
 
 
 def count_evaluation_passes(monkeypatch: pytest.MonkeyPatch, per_pass: int) -> list[int]:
@@ -208,7 +240,7 @@ def test_a_cell_whose_evaluation_fails_is_set_aside(
 
 
 def test_runs_fuse_only_when_their_clients_train_alike() -> None:
-    from fedwsa.clients.fused import fuse_key, fused_groups, joined
+    from fedwsa.clients.fused import FuseKey, fuse_key, fused_groups, joined
     from fedwsa.config import make_config
     from fedwsa.models import build_model
     from fedwsa.protocol import TrainRequest
@@ -229,6 +261,20 @@ def test_runs_fuse_only_when_their_clients_train_alike() -> None:
                     key(strategy="fedwsa", wsa_layers="fc3.weight"))  # other layers
     assert not join(key(strategy="scaffold", lr=0.01), key(strategy="scaffold", lr=0.02))
     assert join(key(strategy="scaffold", lr=0.01), key(strategy="fedavg", lr=0.02))  # c - c_i = 0
+    # The union keeps each run's order of the terms of one hook; terms of other hooks (WSA's
+    # loss, SCAFFOLD's after_step) may come in any order.
+    assert join(key(strategy="scaffold"), key(strategy="fedwsa-scaffold"))
+    assert joined(key(strategy="scaffold"), key(strategy="fedwsa-scaffold")).terms[0][0] == (
+        "scaffold")
+
+    def hand_key(order: str, hooks: dict[str, set[str]]) -> FuseKey:
+        return FuseKey((), tuple((n, n) for n in order), frozenset("ab"), None,
+                       tuple((n, frozenset(hooks[n])) for n in order))
+
+    both_loss = {"a": {"loss"}, "b": {"loss", "outputs"}}
+    assert joined(hand_key("ab", both_loss), hand_key("ba", both_loss)) is None
+    apart = {"a": {"correct_grad"}, "b": {"loss", "outputs"}}
+    assert joined(hand_key("ab", apart), hand_key("ba", apart)).terms == (("a", "a"), ("b", "b"))
     assert fused_groups([key(strategy="scaffold", lr=0.01), key(strategy="fedavg", lr=0.02),
                          key(strategy="scaffold", lr=0.02),
                          key(strategy="fedwsa", lr=0.02)]) == [[0, 1, 3], [2]]

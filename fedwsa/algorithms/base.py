@@ -78,6 +78,9 @@ class ClientInputs:
                             {**self.per_client, **other.per_client})
 
 
+TRAINING_HOOKS = ("loss", "correct_grad", "after_step", "outputs")  # called in term order
+
+
 class ClientTerm:
     """The client-side piece of an algorithm; every hook's default does nothing."""
 
@@ -98,6 +101,10 @@ class ClientTerm:
     def overrides(self, hook: str) -> bool:
         """Does this term define ``hook``? Trainers call only the hooks a term defines."""
         return getattr(type(self), hook) is not getattr(ClientTerm, hook)
+
+    def hooks(self) -> frozenset[str]:
+        """The training hooks (``TRAINING_HOOKS``) this term defines."""
+        return frozenset(h for h in TRAINING_HOOKS if self.overrides(h))
 
     def loss(self, params: Mapping[str, Tensor], global_params: Mapping[str, Tensor],
              shared: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> Tensor | None:

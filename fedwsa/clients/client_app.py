@@ -44,8 +44,8 @@ def train(msg: Message, context: Context) -> Message:
     """Train the clients of every run in ``msg``; reply with their weights, run by run.
 
     Runs whose clients train alike go through the batched trainer together
-    (``fedwsa.clients.fused``); if such a joint call fails, its runs are trained one by one,
-    so a failure stays with the run that causes it.
+    (``fedwsa.clients.fused``); if such a joint call fails, it is split in halves until the
+    failure is with the run that causes it (``_train_together``).
 
     A SuperNode's ``--node-config`` sets this node's ``data-root`` and ``device`` for every
     run (``fedwsa.clients.node_config``); a bad one fails the node's whole reply, naming the
@@ -64,26 +64,37 @@ def train(msg: Message, context: Context) -> Message:
             replies[tag] = _failed(tag, err)
     tags = list(runs)
     for group in fused_groups([_fuse_key(*runs[t]) for t in tags]):
-        members = [tags[i] for i in group]
-        if len(members) > 1:
-            try:
-                trained = train_fused([runs[t] for t in members])
-            except Exception as err:  # train them one by one: the failure finds its run
-                log.warning("%d runs trained together failed (%s); training them one by one",
-                            len(members), reason(err))
-            else:
-                for tag, reply in zip(members, trained, strict=True):
-                    try:  # each run's own answer: its failure is not the others'
-                        replies[tag] = pack_reply(answer(*runs[tag], reply))
-                    except Exception as err:
-                        replies[tag] = _failed(tag, err)
-                continue
-        for tag in members:
-            try:
-                replies[tag] = pack_reply(answer(*runs[tag], train_run(*runs[tag])))
+        _train_together([tags[i] for i in group], runs, replies)
+    return Message(content=bundle({tag: replies[tag] for tag in parts}), reply_to=msg)
+
+
+def _train_together(tags: list[str], runs: dict[str, tuple[TrainRequest, Config]],
+                    replies: dict[str, RecordDict]) -> None:
+    """Train the runs ``tags`` in one joint call and put each one's reply in ``replies``. If
+    the call fails, each half is tried again as its own joint call, down to single runs
+    trained with their own trainer: the failure finds its run, and the other runs still train
+    together (in a few more calls) instead of one by one."""
+    if len(tags) > 1:
+        try:
+            trained = train_fused([runs[t] for t in tags])
+        except Exception as err:
+            log.warning("%d runs trained together failed (%s); trying each half on its own",
+                        len(tags), reason(err))
+            half = len(tags) // 2
+            _train_together(tags[:half], runs, replies)
+            _train_together(tags[half:], runs, replies)
+            return
+        for tag, reply in zip(tags, trained, strict=True):
+            try:  # each run's own answer: its failure is not the others'
+                replies[tag] = pack_reply(answer(*runs[tag], reply))
             except Exception as err:
                 replies[tag] = _failed(tag, err)
-    return Message(content=bundle({tag: replies[tag] for tag in parts}), reply_to=msg)
+        return
+    (tag,) = tags
+    try:
+        replies[tag] = pack_reply(answer(*runs[tag], train_run(*runs[tag])))
+    except Exception as err:
+        replies[tag] = _failed(tag, err)
 
 
 def _fuse_key(request: TrainRequest, config: Config) -> FuseKey | None:

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from fedwsa.algorithms import ClientTerm, client_terms
-from fedwsa.algorithms.base import ClientInputs, Tensors, namespaced, own_arrays
+from fedwsa.algorithms.base import TRAINING_HOOKS, ClientInputs, Tensors, namespaced, own_arrays
 from fedwsa.clients.node import NodeData, node_data
 from fedwsa.clients.trainer import CohortTask, LocalSettings
 from fedwsa.clients.trainers import build_trainer
@@ -65,6 +65,7 @@ class FuseKey:
     terms: tuple[tuple[str, Any], ...]      # (term, what must match where both runs have it)
     idle: frozenset[str]                    # its terms that have idle inputs
     lr: float | None = None                 # the lr of its terms that step with the lr
+    hooks: tuple[tuple[str, frozenset[str]], ...] = ()  # (term, the training hooks it defines)
 
 
 def _steps_with_lr(term: ClientTerm) -> bool:
@@ -93,13 +94,16 @@ def fuse_key(config: Config, request: TrainRequest) -> FuseKey | None:
             config.max_batched_clients, request.server_round)
     return FuseKey(base, term_keys,
                    frozenset(t.name for t in terms if t.overrides("idle_inputs")),
-                   config.lr if any(_steps_with_lr(t) for t in terms) else None)
+                   config.lr if any(_steps_with_lr(t) for t in terms) else None,
+                   tuple((t.name, t.hooks()) for t in terms))
 
 
 def joined(group: FuseKey, key: FuseKey) -> FuseKey | None:
     """The key of ``group``'s joint call with ``key``'s run added, or None if it cannot join:
     the terms both have must act alike, a term only one side has must have idle inputs, and
-    the union keeps each run's order of terms."""
+    the union keeps each run's order of the terms that define the same training hook (the
+    trainer calls a hook's terms in order; terms of other hooks never meet, so scaffold's
+    after_step and WSA's loss may come in either order)."""
     if group.base != key.base or (None not in (group.lr, key.lr) and group.lr != key.lr):
         return None  # the trainer has one scalar lr for the terms that step with it
     mine, theirs = dict(group.terms), dict(key.terms)
@@ -109,9 +113,14 @@ def joined(group: FuseKey, key: FuseKey) -> FuseKey | None:
     if not (mine.keys() ^ theirs.keys()) <= idle:
         return None
     union = (*group.terms, *((n, k) for n, k in key.terms if n not in mine))
-    if [n for n, _ in union if n in theirs] != [n for n, _ in key.terms]:
-        return None
-    return FuseKey(group.base, union, idle, key.lr if group.lr is None else group.lr)
+    hooks = dict(group.hooks) | dict(key.hooks)
+    in_union = [n for n, _ in union if n in theirs]
+    in_run = [n for n, _ in key.terms]
+    for hook in TRAINING_HOOKS:
+        if [n for n in in_union if hook in hooks[n]] != [n for n in in_run if hook in hooks[n]]:
+            return None
+    return FuseKey(group.base, union, idle, key.lr if group.lr is None else group.lr,
+                   tuple(hooks.items()))
 
 
 def _idle_inputs(runs: Sequence[tuple[TrainRequest, Config]], names: list[set[str]],
