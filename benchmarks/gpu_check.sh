@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # The GPU checks, as one prepared call on a lent GPU machine (python3 with torch, no Flower, no
 # internet). Make the wheels here first (../shared/tools/gpu-wheels.sh .whl) and send .whl with
-# the checkout. Steps, each under its own time limit so that a slow one cannot eat the others:
-#   1. the CUDA-only tests (batched trainer on the GPU vs the CPU sequential reference, node sums, ...);
-#   2. NIID-Bench's setting end to end with `fedwsa run` (10 clients, Dirichlet 0.5, 10 local
-#      epochs, batch 64, NIID_ROUNDS rounds), per-round wall time from metrics.jsonl;
-#   3. benchmarks/speed.py --device cuda at CLIENTS clients per round, all five layouts (the
-#      last, (c'), is (c) with node-aggregate=false: every client's weights sent back);
-#   4. benchmarks/grid.py --device cuda: a grid stacked (one federation) vs one by one;
-#   5. benchmarks/round_cost.py --device cuda: fedwsa's own cost of a round outside training;
-#   6. NIID-Bench's whole grid (fedavg, fedprox, scaffold, fednova, fedwsa, cart x seeds 0-2,
-#      10 clients, 10 local epochs) stacked for NIIDGRID_ROUNDS rounds, projected to 50 rounds
-#      (issue 15's goal: at most 10 minutes on one GPU).
+# the checkout. Steps, in this order (the goals first), each under its own time limit and all
+# under TOTAL_LIMIT_S (default 480 s: issue 15's 8 minutes), so a slow one cannot eat the rest:
+#   tests     the CUDA-only tests (batched trainer on the GPU vs the CPU sequential reference, ...);
+#   speed     benchmarks/speed.py --device cuda at CLIENTS clients per round, all five layouts
+#             (the last, (c'), is (c) with node-aggregate=false: every client's weights sent
+#             back): the flower-overhead and batched/classic goals;
+#   niidgrid  NIID-Bench's whole grid (fedavg, fedprox, scaffold, fednova, fedwsa, cart x seeds
+#             0-2, 10 clients, 10 local epochs, its augmentation) stacked for NIIDGRID_ROUNDS
+#             rounds, projected to 50 rounds (goal: at most 10 minutes on one GPU);
+#   grid      benchmarks/grid.py --device cuda: a grid stacked (one federation) vs one by one
+#             (goal: 100-client runs at 5x the rounds per second);
+#   cost      benchmarks/round_cost.py --device cuda: fedwsa's own cost of a round outside training;
+#   niid      NIID-Bench's setting end to end with `fedwsa run` (10 clients, Dirichlet 0.5, 10
+#             local epochs, batch 64, NIID_ROUNDS rounds), per-round wall time from metrics.jsonl;
+#   niidgrid-bf16  the niidgrid step with precision='bf16' (the lever the fp32 figure may need).
 # CIFAR-10 does not fit in the transfer beside the wheels, so the data are a CIFAR-10-shaped
 # .npz of random pixels (50,000 + 10,000 images): the same work per round, meaningless accuracy.
-# Figures go to $OUT (default /tmp/gpu-check); on a CPU, DEVICE=cpu with small sizes tries it.
-# STEPS picks steps (default "tests niid speed grid cost niidgrid"); SPEED_ARGS adds speed.py arguments,
+# Figures go to $OUT (default /tmp/gpu-check): each step's text and JSON, steps.tsv (each step's
+# exit status and seconds; 124: its limit stopped it; "skipped": no time was left), and
+# summary.json, every figure and each goal with its target (benchmarks/gpu_summary.py).
+# On a CPU, DEVICE=cpu with small sizes tries it.
+# STEPS picks steps (default all of the above); SPEED_ARGS adds speed.py arguments,
 # STRATEGIES runs speed.py once per strategy preset (default fedavg), and GRID_ARGS replaces
 # grid.py's grid (default: fedavg, scaffold x 2 seeds, 100 clients, 3 rounds of 1 epoch: issue 15's
 # 100-client goal, rounds per second stacked vs one by one).
@@ -30,14 +37,25 @@ NIID_LIMIT_S=${NIID_LIMIT_S:-180}
 SPEED_LIMIT_S=${SPEED_LIMIT_S:-240}
 TRAIN_IMAGES=${TRAIN_IMAGES:-50000}
 GRID_LIMIT_S=${GRID_LIMIT_S:-240}
-STEPS=${STEPS:-tests niid speed grid cost niidgrid}
+STEPS=${STEPS:-tests speed niidgrid grid cost niid niidgrid-bf16}
+TOTAL_LIMIT_S=${TOTAL_LIMIT_S:-480}
 NIIDGRID_ROUNDS=${NIIDGRID_ROUNDS:-3}
 NIIDGRID_LIMIT_S=${NIIDGRID_LIMIT_S:-200}
 COST_LIMIT_S=${COST_LIMIT_S:-90}
 GRID_ARGS=${GRID_ARGS:---strategies fedavg,scaffold --seeds 2 --clients 100 --rounds 3}
 SPEED_ARGS=${SPEED_ARGS:-}
 STRATEGIES=${STRATEGIES:-fedavg}
+declare -A LIMITS=([tests]=120 [speed]=$SPEED_LIMIT_S [niidgrid]=$NIIDGRID_LIMIT_S
+                   [grid]=$GRID_LIMIT_S [cost]=$COST_LIMIT_S [niid]=$NIID_LIMIT_S
+                   [niidgrid-bf16]=$NIIDGRID_LIMIT_S)
+for name in $STEPS; do
+  if [[ -z ${LIMITS[$name]+x} ]]; then
+    echo "STEPS: unknown step '$name' (accepted: tests speed niidgrid grid cost niid niidgrid-bf16)" >&2
+    exit 2
+  fi
+done
 mkdir -p "$OUT"
+STARTED=$(date +%s)
 export PYTHONUNBUFFERED=1
 if [[ -d .whl ]] && ! python3 -c "import flwr" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
@@ -61,66 +79,109 @@ np.savez(sys.argv[1], x_train=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint
          dtype=np.uint8), y_test=rng.integers(0, 10, n // 5))
 EOF
 
-if [[ " $STEPS " == *" tests "* ]]; then
-echo "== 1. CUDA tests" | tee "$OUT/tests.txt"
-timeout 120 python3 -m pytest -q -p no:cacheprovider -rs -k "cuda" \
-  tests/test_batched.py tests/test_data.py tests/test_devices.py 2>&1 | tee -a "$OUT/tests.txt"
+NIID_KEYS="augment=true crop-padding='reflect' normalize=false weight-decay=1e-5"
 
-fi
+# limit STEP_LIMIT: the seconds a step may take, its own limit or what TOTAL_LIMIT_S leaves.
+limit() {
+  local left=$((TOTAL_LIMIT_S - ($(date +%s) - STARTED)))
+  echo $(( $1 < left ? $1 : left ))
+}
 
-if [[ " $STEPS " == *" niid "* ]]; then
-echo "== 2. NIID-Bench setting, $NIID_ROUNDS rounds" | tee "$OUT/niid.txt"
-rm -rf /tmp/niid-run
-start=$(date +%s.%N)
-timeout "$NIID_LIMIT_S" python3 -c "import sys; from fedwsa.cli import main; sys.exit(main())" \
-  run -c "dataset='cifar10' data-root='$data' num-clients=10 fraction-train=1.0 \
-  partition='dirichlet' alpha=0.5 local-epochs=10 batch-size=64 lr=0.01 momentum=0.9 \
-  num-server-rounds=$NIID_ROUNDS device='$DEVICE' checkpoint-every=0 run-dir='/tmp/niid-run'" \
-  $([[ $DEVICE == cuda ]] && echo --num-gpus 1) 2>&1 | tail -n 20 | tee -a "$OUT/niid.txt"
-echo "wall_s $(python3 -c "print(round($(date +%s.%N) - $start, 1))")" | tee -a "$OUT/niid.txt"
-cp /tmp/niid-run/metrics.jsonl "$OUT/niid-metrics.jsonl" 2>/dev/null
-python3 - "$OUT/niid-metrics.jsonl" <<'EOF' 2>&1 | tee -a "$OUT/niid.txt"
-import json, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-times = [b["elapsed-s"] - a["elapsed-s"] for a, b in zip(rows, rows[1:])]
-print(f"rounds done {rows[-1]['round']}, elapsed-s at the last {rows[-1]['elapsed-s']:.1f}, "
-      f"s/round after round 1: {sum(times[1:]) / max(1, len(times) - 1):.2f}")
-EOF
+# logged LIMIT LOG FILTER CMD...: run CMD under LIMIT seconds into LOG (kept in $OUT), then show
+# the lines that match FILTER. A file, not a pipe: Ray's processes that outlive a stopped step
+# would hold a pipe open and stall the check.
+logged() {
+  local seconds=$1 log=$2 filter=$3
+  shift 3
+  timeout -k 10 "$seconds" "$@" > "$log" 2>&1
+  local rc=$?
+  grep -E "$filter" "$log"
+  (( rc == 124 || rc == 137 )) && echo "(stopped by its ${seconds} s limit)"
+  return "$rc"
+}
 
-fi
+step_tests() {
+  echo "== CUDA tests" | tee "$OUT/tests.txt"
+  logged "$1" "$OUT/tests.log" "." python3 -m pytest -q -p no:cacheprovider -rs -k "cuda" \
+    --junitxml="$OUT/tests.xml" tests/test_batched.py tests/test_data.py tests/test_devices.py \
+    | tee -a "$OUT/tests.txt"
+  return "${PIPESTATUS[0]}"
+}
 
-if [[ " $STEPS " == *" speed "* ]]; then
-for strategy in $STRATEGIES; do
-  echo "== 3. speed.py, $CLIENTS clients, $strategy" | tee -a "$OUT/speed.txt"
-  # shellcheck disable=SC2086  # SPEED_ARGS is a list of arguments
-  timeout "$SPEED_LIMIT_S" python3 benchmarks/speed.py --device "$DEVICE" --data-root "$data" \
-    --clients "$CLIENTS" --rounds "$ROUNDS" --strategy "$strategy" \
-    --out "$OUT/speed-$strategy.json" $SPEED_ARGS 2>&1 \
-    | grep -E "^\(|^speedup|^config|^done|rror|must be" | tee -a "$OUT/speed.txt"
+step_speed() {
+  local strategy rc=0
+  for strategy in $STRATEGIES; do
+    echo "== speed.py, $CLIENTS clients, $strategy" | tee -a "$OUT/speed.txt"
+    # shellcheck disable=SC2086  # SPEED_ARGS is a list of arguments
+    logged "$(limit "$1")" "$OUT/speed-$strategy.log" "^\(|^speedup|^config|^done|rror|must be" \
+      python3 benchmarks/speed.py --device "$DEVICE" --data-root "$data" --clients "$CLIENTS" \
+      --rounds "$ROUNDS" --strategy "$strategy" --out "$OUT/speed-$strategy.json" $SPEED_ARGS \
+      | tee -a "$OUT/speed.txt"
+    local status=${PIPESTATUS[0]}
+    (( status )) && rc=$status
+  done
+  return "$rc"
+}
+
+niid_grid() {  # $1: limit, $2: precision, $3: file stem
+  echo "== NIID-Bench's grid stacked, $NIIDGRID_ROUNDS rounds, $2, projected to 50" \
+    | tee "$OUT/$3.txt"
+  logged "$1" "$OUT/$3.log" "^config|^stacked|^done|rror|must be" \
+    python3 benchmarks/grid.py --device "$DEVICE" --data-root "$data" \
+    --layouts stacked --strategies fedavg,fedprox,scaffold,fednova,fedwsa,cart --seeds 3 \
+    --clients 10 --local-epochs 10 --rounds "$NIIDGRID_ROUNDS" --project-rounds 50 \
+    -c "$NIID_KEYS precision='$2'" --out "$OUT/$3.json" | tee -a "$OUT/$3.txt"
+  return "${PIPESTATUS[0]}"
+}
+step_niidgrid() { niid_grid "$1" fp32 niid-grid; }
+step_niidgrid-bf16() { niid_grid "$1" bf16 niid-grid-bf16; }
+
+step_grid() {
+  echo "== grid.py" | tee "$OUT/grid.txt"
+  # shellcheck disable=SC2086  # GRID_ARGS is a list of arguments
+  logged "$1" "$OUT/grid.log" "^config|^one by one|^rounds/s|^done|rror|must be" \
+    python3 benchmarks/grid.py --device "$DEVICE" --data-root "$data" --out "$OUT/grid.json" \
+    $GRID_ARGS | tee -a "$OUT/grid.txt"
+  return "${PIPESTATUS[0]}"
+}
+
+step_cost() {
+  echo "== round_cost.py, $CLIENTS clients" | tee "$OUT/round-cost.txt"
+  logged "$1" "$OUT/round-cost.log" "." python3 benchmarks/round_cost.py \
+    --device "$DEVICE" --data-root "$data" --clients "$CLIENTS" --out "$OUT/round.pstats" \
+    | grep -vE "INFO|WARNING" | tee -a "$OUT/round-cost.txt"
+  return "${PIPESTATUS[0]}"
+}
+
+step_niid() {
+  echo "== NIID-Bench setting, $NIID_ROUNDS rounds" | tee "$OUT/niid.txt"
+  rm -rf /tmp/niid-run
+  local start rc
+  start=$(date +%s.%N)
+  logged "$1" "$OUT/niid.log" "fedwsa\]|rror|must be" \
+    python3 -c "import sys; from fedwsa.cli import main; sys.exit(main())" \
+    run -c "dataset='cifar10' data-root='$data' num-clients=10 fraction-train=1.0 \
+    partition='dirichlet' alpha=0.5 local-epochs=10 batch-size=64 lr=0.01 momentum=0.9 \
+    $NIID_KEYS num-server-rounds=$NIID_ROUNDS device='$DEVICE' checkpoint-every=0 \
+    run-dir='/tmp/niid-run'" $([[ $DEVICE == cuda ]] && echo --num-gpus 1) \
+    | tail -n 20 | tee -a "$OUT/niid.txt"
+  rc=${PIPESTATUS[0]}
+  echo "wall_s $(python3 -c "print(round($(date +%s.%N) - $start, 1))")" | tee -a "$OUT/niid.txt"
+  cp /tmp/niid-run/metrics.jsonl "$OUT/niid-metrics.jsonl" 2>/dev/null
+  return "$rc"
+}
+
+printf "step\tstatus\tseconds\n" > "$OUT/steps.tsv"
+for name in $STEPS; do
+  seconds=$(limit "${LIMITS[$name]}")
+  if (( seconds < 30 )); then
+    echo "== $name skipped: ${seconds} s left of TOTAL_LIMIT_S=$TOTAL_LIMIT_S" | tee -a "$OUT/skipped.txt"
+    printf "%s\tskipped\t0\n" "$name" >> "$OUT/steps.tsv"
+    continue
+  fi
+  t0=$(date +%s)
+  "step_$name" "$seconds"
+  rc=$?
+  printf "%s\t%s\t%s\n" "$name" "$rc" "$(($(date +%s) - t0))" >> "$OUT/steps.tsv"
 done
-fi
-
-if [[ " $STEPS " == *" grid "* ]]; then
-echo "== 4. grid.py" | tee "$OUT/grid.txt"
-# shellcheck disable=SC2086  # GRID_ARGS is a list of arguments
-timeout "$GRID_LIMIT_S" python3 benchmarks/grid.py --device "$DEVICE" --data-root "$data" \
-  --out "$OUT/grid.json" $GRID_ARGS 2>&1 | grep -E "^config|^one by one|^rounds/s|^done|rror|must be" \
-  | tee -a "$OUT/grid.txt"
-fi
-
-if [[ " $STEPS " == *" cost "* ]]; then
-echo "== 5. round_cost.py, $CLIENTS clients" | tee "$OUT/round-cost.txt"
-timeout "$COST_LIMIT_S" python3 benchmarks/round_cost.py --device "$DEVICE" --data-root "$data" \
-  --clients "$CLIENTS" --out "$OUT/round.pstats" 2>&1 | grep -vE "INFO|WARNING" \
-  | tee -a "$OUT/round-cost.txt"
-fi
-
-if [[ " $STEPS " == *" niidgrid "* ]]; then
-echo "== 6. NIID-Bench's grid stacked, $NIIDGRID_ROUNDS rounds, projected to 50" \
-  | tee "$OUT/niid-grid.txt"
-timeout "$NIIDGRID_LIMIT_S" python3 benchmarks/grid.py --device "$DEVICE" --data-root "$data" \
-  --layouts stacked --strategies fedavg,fedprox,scaffold,fednova,fedwsa,cart --seeds 3 \
-  --clients 10 --local-epochs 10 --rounds "$NIIDGRID_ROUNDS" --project-rounds 50 \
-  --out "$OUT/niid-grid.json" 2>&1 | grep -E "^config|^stacked|^done|rror|must be" \
-  | tee -a "$OUT/niid-grid.txt"
-fi
+python3 benchmarks/gpu_summary.py "$OUT" | tee "$OUT/summary.txt"

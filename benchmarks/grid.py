@@ -19,7 +19,8 @@ NIID-Bench's whole 50-round grid take at most 10 minutes".
     python benchmarks/grid.py --device cuda --data-root /tmp/cifar10.npz --out grid.json
     python benchmarks/grid.py --device cuda --layouts stacked --strategies \
         fedavg,fedprox,scaffold,fednova,fedwsa,cart --seeds 3 --local-epochs 10 --rounds 3 \
-        --project-rounds 50                            # NIID-Bench's grid, projected
+        --project-rounds 50 -c "augment=true crop-padding='reflect' normalize=false \
+        weight-decay=1e-5"                             # NIID-Bench's grid, projected
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from fedwsa.config import parse_overrides  # noqa: E402
 from fedwsa.experiments.compare import build_spec, run_grid  # noqa: E402
 from fedwsa.results.files import read_metrics  # noqa: E402
 
@@ -58,6 +60,7 @@ def grid_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         "num-server-rounds": args.rounds,
         "device": args.device,
         "checkpoint-every": 1,
+        **parse_overrides(args.config),
     }
     return build_spec(args.strategies.split(","), list(range(args.seeds)), {}, base)
 
@@ -108,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "ratio and the accuracy check need both)")
     parser.add_argument("--project-rounds", type=int, default=0,
                         help="also print each layout's wall time projected to this many rounds")
+    parser.add_argument("-c", "--config", default="",
+                        help="more base keys for every cell, e.g. \"precision='bf16' "
+                             "augment=true\" (they override the benchmark's own)")
     parser.add_argument("--out", help="write the figures as JSON here")
     return parser
 
@@ -177,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "config": {"strategies": args.strategies.split(","), "seeds": args.seeds,
                    "cells": cells, "clients": args.clients, "rounds": args.rounds,
                    "local_epochs": args.local_epochs, "device": args.device,
+                   "extra_keys": parse_overrides(args.config),
                    "dataset": "cifar10" if args.data_root else "synthetic"},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "torch": torch.__version__,

@@ -53,6 +53,47 @@ def test_grid_round_times_and_projection(tmp_path: Path) -> None:
         grid.projected_wall(30.0, 2, [], 50)
 
 
+def test_gpu_summary_collects_the_figures_and_checks_the_goals(tmp_path: Path) -> None:
+    """What ``gpu_check.sh``'s steps leave in $OUT becomes one summary.json: every goal from
+    its own step's figure, and ``met: null`` where a step did not finish (never a pass)."""
+    summary = load_benchmark("gpu_summary")
+    (tmp_path / "steps.tsv").write_text("step\tstatus\tseconds\ntests\t0\t61\n"
+                                        "speed\t0\t150\nniidgrid\t124\t200\n"
+                                        "grid\tskipped\t0\n")
+    (tmp_path / "tests.xml").write_text(
+        '<?xml version="1.0"?><testsuites><testsuite name="pytest" errors="0" failures="1" '
+        'skipped="2" tests="20" time="9.0"></testsuite></testsuites>')
+    # speed.py's own summary: (c) 0.5 s, (d) 0.45 s, (a) 4.5 s per round
+    (tmp_path / "speed-fedavg.json").write_text(json.dumps({
+        "config": {"clients_per_round": 100},
+        "summary": {"flower_overhead": 1 - 0.45 / 0.5, "speedup_batched_vs_classic": 4.5 / 0.5}}))
+    (tmp_path / "niid-metrics.jsonl").write_text("".join(
+        json.dumps({"round": r, "elapsed-s": e}) + "\n"
+        for r, e in enumerate([2.0, 32.0, 38.0, 45.0])))
+    assert summary.main([str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "summary.json").read_text())
+    assert report["tests"] == {"tests": 20, "failures": 1, "errors": 0, "skipped": 2,
+                               "passed": 17}
+    assert report["steps"]["niidgrid"] == {"status": "124", "seconds": 200}
+    # round 1 (30 s, the start-up) is left out: rounds 2 and 3 took 6 and 7 s
+    assert report["niid_run"]["round_s_after_round_1"] == pytest.approx(6.5)
+    goals = {g["goal"]: g for g in report["goals"]}
+    assert goals["flower-overhead"]["value"] == pytest.approx(0.1)
+    assert goals["flower-overhead"]["met"] is True  # at most 15%
+    assert goals["batched/classic"]["value"] == pytest.approx(9.0)
+    assert goals["batched/classic"]["met"] is True  # at least 8x
+    assert goals["niid-grid-minutes"]["met"] is None  # its step was stopped: unknown
+    assert goals["rounds/s stacked/one-by-one"]["met"] is None
+    # The grid steps' figures, once they are there: 720 s projected is 12 minutes, not met.
+    (tmp_path / "niid-grid.json").write_text(json.dumps({"projected_wall_s": {"stacked": 720.0}}))
+    (tmp_path / "grid.json").write_text(json.dumps({"config": {"clients": 100},
+                                                    "round_speedup_stacked": 5.5}))
+    goals = {g["goal"]: g for g in summary.summarize(tmp_path)["goals"]}
+    assert goals["niid-grid-minutes"]["value"] == pytest.approx(12.0)
+    assert goals["niid-grid-minutes"]["met"] is False
+    assert goals["rounds/s stacked/one-by-one"]["met"] is True
+
+
 def test_round_seconds_subtract_evaluation_and_skip_round_one(tmp_path: Path) -> None:
     speed = load_speed()
     elapsed = [1.0, 20.0, 23.5, 27.0, 30.0]  # rounds 0..4

@@ -1,0 +1,141 @@
+"""Every figure of a ``gpu_check.sh`` run in one JSON file, with issue 15's goals checked.
+
+``gpu_check.sh`` ends with ``python benchmarks/gpu_summary.py $OUT``: it reads what the steps
+left in ``$OUT`` (steps.tsv, tests.xml, speed-*.json, grid.json, niid-grid*.json,
+niid-metrics.jsonl, machine.txt), writes ``$OUT/summary.json`` and prints one line per goal.
+A goal whose step did not run or did not finish has ``"met": null`` and says why, so a cut-off
+check never reads as a pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+# Issue 15's goals on one GPU: (name, what, target, True if higher is better).
+GOALS = (
+    ("flower-overhead", "share of a batched 100-client round outside training", 0.15, False),
+    ("batched/classic", "speed-up of one batched SuperNode over 100 classic ones", 8.0, True),
+    ("niid-grid-minutes", "NIID-Bench's 18-run grid, 50 rounds, stacked (fp32)", 10.0, False),
+    ("rounds/s stacked/one-by-one", "100-client runs, rounds per second", 5.0, True),
+)
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def steps(out: Path) -> dict[str, dict[str, Any]]:
+    """Each step's exit status ("0", "124": stopped by its limit, "skipped") and seconds."""
+    try:
+        with open(out / "steps.tsv", newline="") as f:
+            return {row["step"]: {"status": row["status"], "seconds": int(row["seconds"])}
+                    for row in csv.DictReader(f, delimiter="\t")}
+    except OSError:
+        return {}
+
+
+def test_counts(out: Path) -> dict[str, int] | None:
+    """The CUDA tests' counts from pytest's JUnit XML (tests.xml)."""
+    try:
+        suite = ElementTree.parse(out / "tests.xml").getroot()
+    except (OSError, ElementTree.ParseError):
+        return None
+    if suite.tag == "testsuites":
+        suite = suite[0]
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    return counts
+
+
+def niid_rounds(out: Path) -> dict[str, float] | None:
+    """Rounds done and mean seconds per round after round 1 of the single NIID-Bench run."""
+    try:
+        rows = [json.loads(line) for line in
+                (out / "niid-metrics.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+    times = [b["elapsed-s"] - a["elapsed-s"] for a, b in zip(rows, rows[1:], strict=False)]
+    if len(times) < 2:
+        return None
+    return {"rounds_done": rows[-1]["round"], "elapsed_s": rows[-1]["elapsed-s"],
+            "round_s_after_round_1": sum(times[1:]) / (len(times) - 1)}
+
+
+def goal_values(report: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
+    """Each goal's measured value, or None and why not."""
+    speed = (report["speed"] or {}).get("fedavg") or next(iter((report["speed"] or {}).values()),
+                                                          None)
+    summary = (speed or {}).get("summary", {})
+    clients = (speed or {}).get("config", {}).get("clients_per_round")
+    grid, niid_grid = report["grid"], report["niid_grid"]
+    values: dict[str, tuple[float | None, str]] = {}
+    for goal, key in (("flower-overhead", "flower_overhead"),
+                      ("batched/classic", "speedup_batched_vs_classic")):
+        value = summary.get(key)
+        values[goal] = (value, f"speed.py at {clients} clients" if value is not None
+                        else "speed step did not report it")
+    projected = ((niid_grid or {}).get("projected_wall_s") or {}).get("stacked")
+    values["niid-grid-minutes"] = (
+        None if projected is None else projected / 60,
+        "projected from the stacked niidgrid step" if projected is not None
+        else "niidgrid step did not finish")
+    ratio = (grid or {}).get("round_speedup_stacked")
+    grid_clients = (grid or {}).get("config", {}).get("clients")
+    values["rounds/s stacked/one-by-one"] = (
+        ratio, f"grid.py at {grid_clients} clients" if ratio is not None
+        else "grid step did not finish both layouts")
+    return values
+
+
+def summarize(out: Path) -> dict[str, Any]:
+    machine = out / "machine.txt"
+    report: dict[str, Any] = {
+        "machine": machine.read_text().strip().splitlines() if machine.exists() else None,
+        "steps": steps(out),
+        "tests": test_counts(out),
+        "speed": {p.stem.removeprefix("speed-"): _json(p)
+                  for p in sorted(out.glob("speed-*.json"))} or None,
+        "grid": _json(out / "grid.json"),
+        "niid_grid": _json(out / "niid-grid.json"),
+        "niid_grid_bf16": _json(out / "niid-grid-bf16.json"),
+        "niid_run": niid_rounds(out),
+    }
+    values = goal_values(report)
+    report["goals"] = [
+        {"goal": name, "what": what, "target": target,
+         "direction": "at least" if higher else "at most", "value": values[name][0],
+         "source": values[name][1],
+         "met": None if values[name][0] is None else
+         (values[name][0] >= target if higher else values[name][0] <= target)}
+        for name, what, target, higher in GOALS]
+    return report
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: gpu_summary.py OUT_DIR", file=sys.stderr)
+        return 2
+    out = Path(argv[0])
+    report = summarize(out)
+    (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"tests: {report['tests']}")
+    for name, step in report["steps"].items():
+        print(f"step {name}: status {step['status']}, {step['seconds']} s")
+    for goal in report["goals"]:
+        value = "not measured" if goal["value"] is None else f"{goal['value']:.3g}"
+        verdict = {None: "unknown", True: "MET", False: "not met"}[goal["met"]]
+        print(f"goal {goal['goal']} ({goal['direction']} {goal['target']:g}): {value} "
+              f"[{verdict}; {goal['source']}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
