@@ -7,11 +7,14 @@
 #   speed     benchmarks/speed.py --device cuda at CLIENTS clients per round, all five layouts
 #             (the last, (c'), is (c) with node-aggregate=false: every client's weights sent
 #             back): the flower-overhead and batched/classic goals;
+#   convs     the batched trainer alone (speed.py --layouts trainer) with conv-impl grouped and
+#             unfold: which way of running the convolutions under vmap is faster on this GPU;
 #   niidgrid  NIID-Bench's whole grid (fedavg, fedprox, scaffold, fednova, fedwsa, cart x seeds
 #             0-2, 10 clients, 10 local epochs, its augmentation) stacked for NIIDGRID_ROUNDS
 #             rounds, projected to 50 rounds (goal: at most 10 minutes on one GPU);
 #   grid      benchmarks/grid.py --device cuda: a grid stacked (one federation) vs one by one
 #             (goal: 100-client runs at 5x the rounds per second);
+#   niidgrid-unfold  the niidgrid step with conv-impl='unfold';
 #   cost      benchmarks/round_cost.py --device cuda: fedwsa's own cost of a round outside training;
 #   niid      NIID-Bench's setting end to end with `fedwsa run` (10 clients, Dirichlet 0.5, 10
 #             local epochs, batch 64, NIID_ROUNDS rounds), per-round wall time from metrics.jsonl;
@@ -37,7 +40,7 @@ NIID_LIMIT_S=${NIID_LIMIT_S:-180}
 SPEED_LIMIT_S=${SPEED_LIMIT_S:-240}
 TRAIN_IMAGES=${TRAIN_IMAGES:-50000}
 GRID_LIMIT_S=${GRID_LIMIT_S:-240}
-STEPS=${STEPS:-tests speed niidgrid grid cost niid niidgrid-bf16}
+STEPS=${STEPS:-tests speed convs niidgrid grid niidgrid-unfold cost niid niidgrid-bf16}
 TOTAL_LIMIT_S=${TOTAL_LIMIT_S:-480}
 NIIDGRID_ROUNDS=${NIIDGRID_ROUNDS:-3}
 NIIDGRID_LIMIT_S=${NIIDGRID_LIMIT_S:-200}
@@ -45,12 +48,12 @@ COST_LIMIT_S=${COST_LIMIT_S:-90}
 GRID_ARGS=${GRID_ARGS:---strategies fedavg,scaffold --seeds 2 --clients 100 --rounds 3}
 SPEED_ARGS=${SPEED_ARGS:-}
 STRATEGIES=${STRATEGIES:-fedavg}
-declare -A LIMITS=([tests]=120 [speed]=$SPEED_LIMIT_S [niidgrid]=$NIIDGRID_LIMIT_S
-                   [grid]=$GRID_LIMIT_S [cost]=$COST_LIMIT_S [niid]=$NIID_LIMIT_S
-                   [niidgrid-bf16]=$NIIDGRID_LIMIT_S)
+declare -A LIMITS=([tests]=150 [speed]=$SPEED_LIMIT_S [convs]=90 [niidgrid]=$NIIDGRID_LIMIT_S
+                   [grid]=$GRID_LIMIT_S [niidgrid-unfold]=$NIIDGRID_LIMIT_S
+                   [cost]=$COST_LIMIT_S [niid]=$NIID_LIMIT_S [niidgrid-bf16]=$NIIDGRID_LIMIT_S)
 for name in $STEPS; do
   if [[ -z ${LIMITS[$name]+x} ]]; then
-    echo "STEPS: unknown step '$name' (accepted: tests speed niidgrid grid cost niid niidgrid-bf16)" >&2
+    echo "STEPS: unknown step '$name' (accepted: ${!LIMITS[*]})" >&2
     exit 2
   fi
 done
@@ -123,18 +126,33 @@ step_speed() {
   return "$rc"
 }
 
-niid_grid() {  # $1: limit, $2: precision, $3: file stem
+step_convs() {  # the batched trainer alone with each way of running the convolutions
+  local impl rc=0
+  for impl in grouped unfold; do
+    echo "== speed.py trainer alone, $CLIENTS clients, conv-impl $impl" | tee -a "$OUT/convs.txt"
+    logged "$(limit "$1")" "$OUT/convs-$impl.log" "^\(|^done|rror|must be" \
+      python3 benchmarks/speed.py --device "$DEVICE" --data-root "$data" --clients "$CLIENTS" \
+      --rounds "$ROUNDS" --layouts trainer --conv-impl "$impl" --out "$OUT/convs-$impl.json" \
+      | tee -a "$OUT/convs.txt"
+    local status=${PIPESTATUS[0]}
+    (( status )) && rc=$status
+  done
+  return "$rc"
+}
+
+niid_grid() {  # $1: limit, $2: extra keys, $3: file stem
   echo "== NIID-Bench's grid stacked, $NIIDGRID_ROUNDS rounds, $2, projected to 50" \
     | tee "$OUT/$3.txt"
   logged "$1" "$OUT/$3.log" "^config|^stacked|^done|rror|must be" \
     python3 benchmarks/grid.py --device "$DEVICE" --data-root "$data" \
     --layouts stacked --strategies fedavg,fedprox,scaffold,fednova,fedwsa,cart --seeds 3 \
     --clients 10 --local-epochs 10 --rounds "$NIIDGRID_ROUNDS" --project-rounds 50 \
-    -c "$NIID_KEYS precision='$2'" --out "$OUT/$3.json" | tee -a "$OUT/$3.txt"
+    -c "$NIID_KEYS $2" --out "$OUT/$3.json" | tee -a "$OUT/$3.txt"
   return "${PIPESTATUS[0]}"
 }
-step_niidgrid() { niid_grid "$1" fp32 niid-grid; }
-step_niidgrid-bf16() { niid_grid "$1" bf16 niid-grid-bf16; }
+step_niidgrid() { niid_grid "$1" "precision='fp32'" niid-grid; }
+step_niidgrid-unfold() { niid_grid "$1" "conv-impl='unfold'" niid-grid-unfold; }
+step_niidgrid-bf16() { niid_grid "$1" "precision='bf16'" niid-grid-bf16; }
 
 step_grid() {
   echo "== grid.py" | tee "$OUT/grid.txt"

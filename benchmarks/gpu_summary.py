@@ -1,8 +1,9 @@
 """Every figure of a ``gpu_check.sh`` run in one JSON file, with issue 15's goals checked.
 
 ``gpu_check.sh`` ends with ``python benchmarks/gpu_summary.py $OUT``: it reads what the steps
-left in ``$OUT`` (steps.tsv, tests.xml, speed-*.json, grid.json, niid-grid*.json,
-niid-metrics.jsonl, machine.txt), writes ``$OUT/summary.json`` and prints one line per goal.
+left in ``$OUT`` (steps.tsv, tests.xml, speed-*.json, convs-*.json, grid.json,
+niid-grid*.json, niid-metrics.jsonl, machine.txt), writes ``$OUT/summary.json`` and prints one
+line per goal.
 A goal whose step did not run or did not finish has ``"met": null`` and says why, so a cut-off
 check never reads as a pass.
 """
@@ -69,24 +70,39 @@ def niid_rounds(out: Path) -> dict[str, float] | None:
             "round_s_after_round_1": sum(times[1:]) / (len(times) - 1)}
 
 
+def conv_times(out: Path) -> dict[str, float] | None:
+    """The convs step: the batched trainer's seconds per round with each conv-impl."""
+    times = {}
+    for impl in ("grouped", "unfold"):
+        layout = ((_json(out / f"convs-{impl}.json") or {}).get("layouts") or {}).get("trainer")
+        if layout:
+            times[impl] = float(layout["mean_round_s"])
+    return times or None
+
+
 def goal_values(report: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
     """Each goal's measured value, or None and why not."""
     speed = (report["speed"] or {}).get("fedavg") or next(iter((report["speed"] or {}).values()),
                                                           None)
     summary = (speed or {}).get("summary", {})
     clients = (speed or {}).get("config", {}).get("clients_per_round")
-    grid, niid_grid = report["grid"], report["niid_grid"]
+    grid = report["grid"]
     values: dict[str, tuple[float | None, str]] = {}
     for goal, key in (("flower-overhead", "flower_overhead"),
                       ("batched/classic", "speedup_batched_vs_classic")):
         value = summary.get(key)
         values[goal] = (value, f"speed.py at {clients} clients" if value is not None
                         else "speed step did not report it")
-    projected = ((niid_grid or {}).get("projected_wall_s") or {}).get("stacked")
+    # fp32 with either convolution (the same numbers to float rounding); bf16 is reported apart
+    projected = {step: ((report[key] or {}).get("projected_wall_s") or {}).get("stacked")
+                 for step, key in (("niidgrid", "niid_grid"),
+                                   ("niidgrid-unfold", "niid_grid_unfold"))}
+    measured = {step: v for step, v in projected.items() if v is not None}
+    best = min(measured, key=measured.__getitem__) if measured else None
     values["niid-grid-minutes"] = (
-        None if projected is None else projected / 60,
-        "projected from the stacked niidgrid step" if projected is not None
-        else "niidgrid step did not finish")
+        None if best is None else measured[best] / 60,
+        f"projected from the stacked {best} step" if best is not None
+        else "neither niidgrid step finished")
     ratio = (grid or {}).get("round_speedup_stacked")
     grid_clients = (grid or {}).get("config", {}).get("clients")
     values["rounds/s stacked/one-by-one"] = (
@@ -105,7 +121,9 @@ def summarize(out: Path) -> dict[str, Any]:
                   for p in sorted(out.glob("speed-*.json"))} or None,
         "grid": _json(out / "grid.json"),
         "niid_grid": _json(out / "niid-grid.json"),
+        "niid_grid_unfold": _json(out / "niid-grid-unfold.json"),
         "niid_grid_bf16": _json(out / "niid-grid-bf16.json"),
+        "trainer_round_s_by_conv_impl": conv_times(out),
         "niid_run": niid_rounds(out),
     }
     values = goal_values(report)
@@ -129,6 +147,8 @@ def main(argv: list[str]) -> int:
     print(f"tests: {report['tests']}")
     for name, step in report["steps"].items():
         print(f"step {name}: status {step['status']}, {step['seconds']} s")
+    for impl, seconds in (report["trainer_round_s_by_conv_impl"] or {}).items():
+        print(f"batched trainer alone, conv-impl {impl}: {seconds:.3f} s/round")
     for goal in report["goals"]:
         value = "not measured" if goal["value"] is None else f"{goal['value']:.3g}"
         verdict = {None: "unknown", True: "MET", False: "not met"}[goal["met"]]

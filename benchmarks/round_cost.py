@@ -70,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     from fedwsa.server.inprocess import run_in_process
 
     ns = argparse.Namespace(data_root=args.data_root, clients=args.clients, rounds=1,
-                            max_batched_clients=0, precision="fp32", device=args.device,
-                            seed=0, strategy=args.strategy)
+                            max_batched_clients=0, precision="fp32", conv_impl="auto",
+                            device=args.device, seed=0, strategy=args.strategy)
     with tempfile.TemporaryDirectory() as tmp:
         run_in_process(bench_config(ns, f"{tmp}/warm", "batched"))  # data, imports, warm-up
         ns.rounds = args.rounds - 1

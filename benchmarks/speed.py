@@ -55,7 +55,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from fedwsa.config import Config, make_config  # noqa: E402
+from fedwsa.config import CONV_IMPLS, Config, make_config  # noqa: E402
 
 LAYOUTS = ("classic", "sequential", "batched", "trainer", "weights")
 LABELS = {
@@ -88,6 +88,7 @@ def bench_config(args: argparse.Namespace, run_dir: str, trainer: str,
         "trainer": trainer,
         "max-batched-clients": args.max_batched_clients,
         "precision": args.precision,
+        "conv-impl": args.conv_impl if trainer == "batched" else "auto",
         "device": args.device,
         "seed": args.seed,
         "run-dir": run_dir,
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(CPUs / SuperNodes, at least 1; 1 with a GPU)")
     parser.add_argument("--max-batched-clients", type=int, default=0)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS,
+                        help="the batched layouts' convolutions (config key conv-impl)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strategy", default="fedavg",
                         help="strategy preset (its keys at their defaults)")
@@ -284,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
                    "data_root": args.data_root, "clients_per_round": args.clients,
                    "rounds": args.rounds, "images_per_round": images, "device": args.device,
                    "max_batched_clients": args.max_batched_clients,
-                   "precision": args.precision, "seed": args.seed,
+                   "precision": args.precision, "conv_impl": args.conv_impl,
+                   "seed": args.seed,
                    "strategy": args.strategy},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "torch": torch.__version__,

@@ -38,6 +38,7 @@ __all__ = ["AUTO", "DATASETS", "FUSION_RULES", "HARMLESS_KEYS", "KEYS", "RESUMAB
 
 TRAINERS = ("batched", "sequential")
 PRECISIONS = ("fp32", "bf16")
+CONV_IMPLS = ("auto", "grouped", "per-client", "unfold")
 
 
 KEYS: tuple[Key, ...] = (
@@ -79,6 +80,9 @@ KEYS: tuple[Key, ...] = (
          "Batched trainer: most clients trained at once (0 = a node's whole cohort on a "
          "GPU, 16 per worker thread on a CPU)."),
     key("precision", "fp32", choice(*PRECISIONS), "Batched trainer: autocast precision."),
+    key("conv-impl", "auto", choice(*CONV_IMPLS),
+        "Batched trainer: how vmap runs convolutions (auto: per-client on a CPU, grouped on a "
+        "GPU; unfold: im2col + one batched matmul, more memory)."),
     key("node-aggregate", True, boolean(),
         "Nodes reply with the weighted sum of their clients' weights (and each client's layer "
         "scopes), one model instead of one per client, where the strategy's merge is linear "
@@ -163,6 +167,7 @@ class Config:
     trainer: str
     max_batched_clients: int
     precision: str
+    conv_impl: str
     node_aggregate: bool
     strategy: str
     seed: int
@@ -275,6 +280,8 @@ def _check_consistency(c: Config) -> None:
     algorithms.server_opt_of(c.strategy, c.server_opt)
     if c.trainer == "sequential" and c.precision != "fp32":
         raise ConfigError("precision", c.precision, "fp32 with trainer='sequential'")
+    if c.trainer == "sequential" and c.conv_impl != "auto":
+        raise ConfigError("conv-impl", c.conv_impl, "auto with trainer='sequential'")
 
 
 def parse_overrides(text: str | list[str] | None) -> dict[str, Any]:

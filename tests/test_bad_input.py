@@ -134,6 +134,9 @@ CASES = [
     # keys against each other and against the data
     Case("bf16 with sequential trainer", run_c("precision='bf16' trainer='sequential'"),
          "precision", "'bf16'"),
+    Case("a conv-impl with sequential trainer",
+         run_c("conv-impl='unfold' trainer='sequential'"), "conv-impl", "'unfold'"),
+    Case("unknown conv-impl", run_c("conv-impl='fft'"), "conv-impl", "'fft'"),
     Case("more clients than examples", run_c("num-clients=6000"), "num-clients", "6000"),
     Case("min-clients above the cohort", run_c("min-clients=5"), "min-clients", "5"),
     Case("min-clients above a fraction's cohort", run_c("fraction-train=0.5 min-clients=3"),

@@ -240,12 +240,36 @@ def test_cpu_workers_share_the_clients_and_run_single_threaded(
     assert len({ident for ident, _ in seen}) == 2 and all(n == 1 for _, n in seen)
 
 
+@pytest.mark.parametrize("conv_impl", ["grouped", "unfold"])
+def test_every_conv_impl_trains_clients_like_the_sequential_trainer(conv_impl: str) -> None:
+    """vmap's grouped convolutions and unfold + batched matmul (the GPU candidates), run on the
+    CPU: every client's weights after a round are the sequential trainer's (nn.Conv2d, one
+    client at a time) up to float noise, with WSA's loss term through the convolutions."""
+    sizes = (40, 17, 33, 8)
+    data = tiny_node(sizes)
+    model = build_model("simple-cnn", data.num_classes, seed=0)
+    g = initial(model)
+    config = make_config({"strategy": "fedwsa", "wsa-beta": 0.5})
+    ids = list(range(len(sizes)))
+    task = CohortTask(1, ids, g, build_strategy(config).client_inputs(1, g, ids))
+    terms = client_terms(config, g)
+    ref = SequentialTrainer(model, data, settings(), terms).train(task)
+    trainer = BatchedTrainer(model, data, settings(), terms=terms, conv_impl=conv_impl)
+    bat = trainer.train(task)
+    assert trainer.conv_impl == conv_impl
+    for name in g:
+        torch.testing.assert_close(bat.params[name], ref.params[name], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("conv_impl", ["auto", "unfold"])
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedwsa"])
-def test_cuda_batched_trainer_matches_the_cpu_sequential_trainer(strategy: str) -> None:
-    """On a GPU the batched trainer keeps vmap's grouped convolutions (cuDNN) and no worker
-    threads; its clients must still be the CPU reference's up to float noise (TF32 off), with
-    the algorithms' client terms too (inputs sent from the CPU, as the ClientApp gets them)."""
+def test_cuda_batched_trainer_matches_the_cpu_sequential_trainer(strategy: str,
+                                                                 conv_impl: str) -> None:
+    """On a GPU the batched trainer keeps vmap's grouped convolutions (cuDNN; or, with
+    conv-impl='unfold', unfold + batched matmul) and no worker threads; its clients must still
+    be the CPU reference's up to float noise (TF32 off), with the algorithms' client terms too
+    (inputs sent from the CPU, as the ClientApp gets them)."""
     sizes = (40, 17, 33, 8)
     cpu = tiny_node(sizes)
     gpu = NodeData(torch.device("cuda"), cpu.images.cuda(), cpu.labels.cuda(), cpu.mean.cuda(),
@@ -261,7 +285,7 @@ def test_cuda_batched_trainer_matches_the_cpu_sequential_trainer(strategy: str) 
     allow_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        trainer = BatchedTrainer(model, gpu, settings(), terms=terms)
+        trainer = BatchedTrainer(model, gpu, settings(), terms=terms, conv_impl=conv_impl)
         bat = trainer.train(task)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = allow_tf32

@@ -1,7 +1,8 @@
-"""``PerClientConv2d``: the batched trainer's CPU convolution, checked against ``nn.Conv2d``.
+"""The batched trainer's own convolutions, checked against ``nn.Conv2d``: ``PerClientConv2d``
+(the CPU path) and ``UnfoldConv2d`` (unfold + batched matmul, a GPU path).
 
 The reference is PyTorch's own convolution and autograd, one client at a time in a Python loop;
-the tested path is ``vmap(grad)`` over stacked weights through the per-client ``vmap`` rules.
+the tested path is ``vmap(grad)`` over stacked weights through each implementation.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedwsa.clients import per_client_conv
-from fedwsa.clients.per_client_conv import PerClientConv2d, with_per_client_convs
+from fedwsa.clients.per_client_conv import PerClientConv2d, swap_convs, with_per_client_convs
+from fedwsa.clients.unfold_conv import UnfoldConv2d
 from fedwsa.models import build_model
+
+IMPLS = {"per-client": PerClientConv2d, "unfold": UnfoldConv2d}
 
 GEOMETRIES = [
     dict(kernel_size=5),
@@ -42,10 +46,11 @@ def loss_fn(model: nn.Module):
     return loss
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_unbatched_forward_and_gradients_equal_conv2d(geometry: dict) -> None:
+def test_unbatched_forward_and_gradients_equal_conv2d(geometry: dict, impl: str) -> None:
     conv = nn.Conv2d(3, 4, **geometry)
-    mine = PerClientConv2d(conv)
+    mine = IMPLS[impl](conv)
     x = torch.randn(2, 3, 9, 9, requires_grad=True)
     out_ref = conv(x)
     out = mine(x)
@@ -57,8 +62,9 @@ def test_unbatched_forward_and_gradients_equal_conv2d(geometry: dict) -> None:
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_vmap_grad_equals_a_loop_of_autograd(geometry: dict) -> None:
+def test_vmap_grad_equals_a_loop_of_autograd(geometry: dict, impl: str) -> None:
     """Per-client gradients under vmap(grad) == each client's autograd through nn.Conv2d."""
     K = 4
     model = two_layer(geometry)
@@ -66,7 +72,7 @@ def test_vmap_grad_equals_a_loop_of_autograd(geometry: dict) -> None:
     x = torch.randn(K, 3, 3, 11, 11)
     target = torch.randn_like(torch.func.functional_call(model, {n: v[0] for n, v in
                                                                  params.items()}, (x[0],)))
-    grads = vmap(grad(loss_fn(with_per_client_convs(model))), in_dims=(0, 0, None))(
+    grads = vmap(grad(loss_fn(swap_convs(model, IMPLS[impl]))), in_dims=(0, 0, None))(
         params, x, target)
     for k in range(K):
         client = two_layer(geometry)
@@ -78,11 +84,12 @@ def test_vmap_grad_equals_a_loop_of_autograd(geometry: dict) -> None:
             torch.testing.assert_close(grads[name][k], value, rtol=1e-5, atol=1e-6)
 
 
-def test_inputs_without_a_client_axis_are_shared() -> None:
+@pytest.mark.parametrize("impl", IMPLS)
+def test_inputs_without_a_client_axis_are_shared(impl: str) -> None:
     """A batch shared by all clients (in_dims None), or weights shared over per-client batches."""
     K = 3
     model = two_layer(GEOMETRIES[0])
-    per_client = with_per_client_convs(model)
+    per_client = swap_convs(model, IMPLS[impl])
     params = stacked(model, K)
     x = torch.randn(K, 2, 3, 12, 12)
     target = torch.zeros(2, 5, 4, 4)
@@ -116,7 +123,8 @@ def test_the_first_layer_computes_no_input_gradient(monkeypatch: pytest.MonkeyPa
     assert sorted(asked) == [False] * (2 * K) + [True] * K
 
 
-def test_bf16_autocast_gives_fp32_gradients_as_accurate_as_nn_conv2d() -> None:
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bf16_autocast_gives_fp32_gradients_as_accurate_as_nn_conv2d(impl: str) -> None:
     """bf16 rounds differently in the two conv layouts, so compare both to the fp32 gradient:
     ours must come back fp32 and be about as far from it as autocast through nn.Conv2d is."""
     K = 2
@@ -134,7 +142,8 @@ def test_bf16_autocast_gives_fp32_gradients_as_accurate_as_nn_conv2d() -> None:
 
     dims = (0, 0, None)
     exact = vmap(grad(loss_fn(model)), in_dims=dims)(params, x, target)
-    got = vmap(grad(autocast_loss(with_per_client_convs(model))), in_dims=dims)(params, x, target)
+    got = vmap(grad(autocast_loss(swap_convs(model, IMPLS[impl]))), in_dims=dims)(params, x,
+                                                                                 target)
     want = vmap(grad(autocast_loss(model)), in_dims=dims)(params, x, target)
     for name, value in exact.items():
         assert got[name].dtype == torch.float32
@@ -143,16 +152,19 @@ def test_bf16_autocast_gives_fp32_gradients_as_accurate_as_nn_conv2d() -> None:
         assert ours < max(2 * theirs, 0.01), (name, ours, theirs)
 
 
-def test_the_swap_keeps_names_and_leaves_the_original_and_unsupported_convs_alone() -> None:
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_swap_keeps_names_and_leaves_the_original_and_unsupported_convs_alone(
+        impl: str) -> None:
     model = build_model("resnet18", 10, seed=0)
-    swapped = with_per_client_convs(model)
+    mine = IMPLS[impl]
+    swapped = swap_convs(model, mine)
     assert [n for n, _ in swapped.named_parameters()] == [n for n, _ in model.named_parameters()]
-    assert not any(isinstance(m, PerClientConv2d) for m in model.modules())
-    convs = [m for m in swapped.modules() if isinstance(m, nn.Conv2d | PerClientConv2d)]
-    assert convs and all(isinstance(m, PerClientConv2d) for m in convs)
+    assert not any(isinstance(m, mine) for m in model.modules())
+    convs = [m for m in swapped.modules() if isinstance(m, nn.Conv2d | mine)]
+    assert convs and all(isinstance(m, mine) for m in convs)
 
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 4, 3, padding="same"))
-    assert all(isinstance(m, nn.Conv2d) for m in with_per_client_convs(grouped))
+    assert all(isinstance(m, nn.Conv2d) for m in swap_convs(grouped, mine))
     with pytest.raises(ValueError, match="cannot stand in"):
         PerClientConv2d(nn.Conv2d(4, 4, 3, groups=2))
     x = torch.randn(1, 3, 32, 32)

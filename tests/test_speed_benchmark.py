@@ -88,10 +88,21 @@ def test_gpu_summary_collects_the_figures_and_checks_the_goals(tmp_path: Path) -
     (tmp_path / "niid-grid.json").write_text(json.dumps({"projected_wall_s": {"stacked": 720.0}}))
     (tmp_path / "grid.json").write_text(json.dumps({"config": {"clients": 100},
                                                     "round_speedup_stacked": 5.5}))
-    goals = {g["goal"]: g for g in summary.summarize(tmp_path)["goals"]}
+    for impl, seconds in (("grouped", 0.3), ("unfold", 0.2)):
+        (tmp_path / f"convs-{impl}.json").write_text(json.dumps(
+            {"layouts": {"trainer": {"mean_round_s": seconds}}}))
+    report = summary.summarize(tmp_path)
+    goals = {g["goal"]: g for g in report["goals"]}
     assert goals["niid-grid-minutes"]["value"] == pytest.approx(12.0)
     assert goals["niid-grid-minutes"]["met"] is False
     assert goals["rounds/s stacked/one-by-one"]["met"] is True
+    assert report["trainer_round_s_by_conv_impl"] == {"grouped": 0.3, "unfold": 0.2}
+    # The grid with unfold convolutions, 540 s: the faster fp32 figure counts, and says so.
+    (tmp_path / "niid-grid-unfold.json").write_text(json.dumps(
+        {"projected_wall_s": {"stacked": 540.0}}))
+    goal = {g["goal"]: g for g in summary.summarize(tmp_path)["goals"]}["niid-grid-minutes"]
+    assert (goal["value"], goal["met"]) == (pytest.approx(9.0), True)
+    assert "niidgrid-unfold" in goal["source"]
 
 
 def test_round_seconds_subtract_evaluation_and_skip_round_one(tmp_path: Path) -> None:

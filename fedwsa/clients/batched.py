@@ -48,7 +48,7 @@ from torch.nn import functional as F
 from fedwsa.algorithms.base import ClientTerm, namespaced, take_rows
 from fedwsa.clients.batches import epoch_plan, load_images
 from fedwsa.clients.node import NodeData
-from fedwsa.clients.per_client_conv import with_per_client_convs
+from fedwsa.clients.per_client_conv import PerClientConv2d, swap_convs
 from fedwsa.clients.trainer import (
     CohortResult,
     CohortTask,
@@ -56,6 +56,7 @@ from fedwsa.clients.trainer import (
     num_batches,
     term_inputs,
 )
+from fedwsa.clients.unfold_conv import UnfoldConv2d
 from fedwsa.models import check_functional
 from fedwsa.protocol import ClientRow
 
@@ -155,6 +156,10 @@ the chunk size an out-of-memory error halved the cohort to. A stacked grid can p
 clients in one call; the node learns once what fits instead of failing every round."""
 
 CPU_CHUNK = 16
+# How vmap runs a convolution: one grouped convolution (PyTorch's own rule, None), one
+# ordinary convolution per client (per_client_conv), or unfold + batched matmul (unfold_conv).
+CONV_IMPLS: dict[str, Callable[[nn.Conv2d], nn.Module] | None] = {
+    "grouped": None, "per-client": PerClientConv2d, "unfold": UnfoldConv2d}
 """Clients per chunk and worker on a CPU when ``max-batched-clients`` is 0. Small chunks pay
 more Python per client-step, large ones outgrow the caches: for CIFAR-10's 100 clients (500
 images each, 2 workers) a round took 11.2 s in chunks of 4 and 6.7-8.5 s in chunks of 8 to 50,
@@ -224,12 +229,18 @@ class BatchedTrainer:
 
     def __init__(self, model: nn.Module, data: NodeData, settings: LocalSettings,
                  max_clients: int = 0, precision: str = "fp32",
-                 cpu_workers: int | None = None, terms: list[ClientTerm] | None = None) -> None:
+                 cpu_workers: int | None = None, terms: list[ClientTerm] | None = None,
+                 conv_impl: str = "auto") -> None:
         """``cpu_workers``: threads that train chunks side by side on a CPU (default: torch's
-        intra-op thread count, i.e. the node's CPUs); ignored on a GPU."""
+        intra-op thread count, i.e. the node's CPUs); ignored on a GPU. ``conv_impl``: how
+        ``vmap`` runs the convolutions (``CONV_IMPLS``; auto: per-client on a CPU, grouped on a
+        GPU)."""
         check_functional(model)  # running statistics cannot live on stacked weights
         on_cpu = data.device.type == "cpu"
-        self.model = (with_per_client_convs(model) if on_cpu else model).to(data.device)
+        self.conv_impl = conv_impl if conv_impl != "auto" else (
+            "per-client" if on_cpu else "grouped")
+        make = CONV_IMPLS[self.conv_impl]
+        self.model = (model if make is None else swap_convs(model, make)).to(data.device)
         self.data = data
         self.settings = settings
         self.max_clients = max_clients or (CPU_CHUNK if on_cpu else 0)
@@ -314,7 +325,8 @@ class BatchedTrainer:
         """What decides how many clients fit on the device at once."""
         size = sum(p.numel() for p in self.model.parameters())
         return (str(self.data.device), type(self.model).__name__, size,
-                self.settings.batch_size, self.precision, tuple(t.name for t in self.terms))
+                self.settings.batch_size, self.precision, self.conv_impl,
+                tuple(t.name for t in self.terms))
 
     def chunk_size(self, clients: int) -> int:
         """Clients per chunk: ``max-batched-clients`` (0 = all), capped by what an earlier

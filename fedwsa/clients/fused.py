@@ -91,7 +91,7 @@ def fuse_key(config: Config, request: TrainRequest) -> FuseKey | None:
     base = (settings, other_inputs,
             train_set_key(config.dataset, config.data_root, config.seed), config.model,
             config.device, config.normalize, config.crop_padding, config.precision,
-            config.max_batched_clients, request.server_round)
+            config.conv_impl, config.max_batched_clients, request.server_round)
     return FuseKey(base, term_keys,
                    frozenset(t.name for t in terms if t.overrides("idle_inputs")),
                    config.lr if any(_steps_with_lr(t) for t in terms) else None,

@@ -20,6 +20,7 @@ check values and gradients against it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -140,8 +141,9 @@ def supports(conv: nn.Conv2d) -> bool:
             and not isinstance(conv.padding, str))
 
 
-def with_per_client_convs(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every supported ``nn.Conv2d`` made a ``PerClientConv2d``.
+def swap_convs(model: nn.Module, make: Callable[[nn.Conv2d], nn.Module]) -> nn.Module:
+    """A copy of ``model`` with every supported ``nn.Conv2d`` replaced by ``make(conv)``
+    (``PerClientConv2d``, ``UnfoldConv2d``).
 
     Parameter names do not change, so the stacked weights of the original model apply.
     """
@@ -149,5 +151,10 @@ def with_per_client_convs(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Conv2d) and supports(child):
-                setattr(parent, name, PerClientConv2d(child))
+                setattr(parent, name, make(child))
     return model
+
+
+def with_per_client_convs(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose convolutions ``vmap`` runs one client at a time."""
+    return swap_convs(model, PerClientConv2d)

@@ -26,5 +26,5 @@ def build_trainer(config: Config, data: NodeData,
         terms = client_terms(config, dict(model.named_parameters()))
     if config.trainer == "batched":
         return BatchedTrainer(model, data, settings, config.max_batched_clients, config.precision,
-                              terms=terms)
+                              terms=terms, conv_impl=config.conv_impl)
     return SequentialTrainer(model, data, settings, terms)
