@@ -58,6 +58,10 @@ for name in $STEPS; do
   fi
 done
 mkdir -p "$OUT"
+# Nothing from an earlier check may pass for this one's figures (gpu_summary.py reads them all).
+(cd "$OUT" && rm -f machine.txt tests.{txt,log,xml} speed{,-*}.{txt,json,log} \
+  convs{,-*}.{txt,json,log} niid-grid*.{txt,json,log} grid.{txt,json,log} round-cost.{txt,log} \
+  round.pstats niid.{txt,log} niid-metrics.jsonl skipped.txt steps.tsv summary.{json,txt})
 STARTED=$(date +%s)
 export PYTHONUNBUFFERED=1
 if [[ -d .whl ]] && ! python3 -c "import flwr" 2>/dev/null; then
@@ -84,10 +88,14 @@ EOF
 
 NIID_KEYS="augment=true crop-padding='reflect' normalize=false weight-decay=1e-5"
 
-# limit STEP_LIMIT: the seconds a step may take, its own limit or what TOTAL_LIMIT_S leaves.
+# limit END: the seconds left until END (a step's own deadline) or the end of TOTAL_LIMIT_S,
+# whichever comes first; at least 0 (callers skip a pass with too little left).
 limit() {
-  local left=$((TOTAL_LIMIT_S - ($(date +%s) - STARTED)))
-  echo $(( $1 < left ? $1 : left ))
+  local now left
+  now=$(date +%s)
+  left=$((TOTAL_LIMIT_S - (now - STARTED)))
+  (( $1 - now < left )) && left=$(( $1 - now ))
+  echo $(( left > 0 ? left : 0 ))
 }
 
 # logged LIMIT LOG FILTER CMD...: run CMD under LIMIT seconds into LOG (kept in $OUT), then show
@@ -111,12 +119,14 @@ step_tests() {
   return "${PIPESTATUS[0]}"
 }
 
-step_speed() {
-  local strategy rc=0
+step_speed() {  # $1: the step's deadline (epoch seconds), shared by its passes
+  local strategy seconds rc=0
   for strategy in $STRATEGIES; do
+    seconds=$(limit "$1")
+    (( seconds >= 10 )) || { echo "== speed.py $strategy skipped: no time left"; rc=124; break; }
     echo "== speed.py, $CLIENTS clients, $strategy" | tee -a "$OUT/speed.txt"
     # shellcheck disable=SC2086  # SPEED_ARGS is a list of arguments
-    logged "$(limit "$1")" "$OUT/speed-$strategy.log" "^\(|^speedup|^config|^done|rror|must be" \
+    logged "$seconds" "$OUT/speed-$strategy.log" "^\(|^speedup|^config|^done|rror|must be" \
       python3 benchmarks/speed.py --device "$DEVICE" --data-root "$data" --clients "$CLIENTS" \
       --rounds "$ROUNDS" --strategy "$strategy" --out "$OUT/speed-$strategy.json" $SPEED_ARGS \
       | tee -a "$OUT/speed.txt"
@@ -127,10 +137,12 @@ step_speed() {
 }
 
 step_convs() {  # the batched trainer alone with each way of running the convolutions
-  local impl rc=0
+  local impl seconds rc=0
   for impl in grouped unfold; do
+    seconds=$(limit "$1")
+    (( seconds >= 10 )) || { echo "== conv-impl $impl skipped: no time left"; rc=124; break; }
     echo "== speed.py trainer alone, $CLIENTS clients, conv-impl $impl" | tee -a "$OUT/convs.txt"
-    logged "$(limit "$1")" "$OUT/convs-$impl.log" "^\(|^done|rror|must be" \
+    logged "$seconds" "$OUT/convs-$impl.log" "^\(|^done|rror|must be" \
       python3 benchmarks/speed.py --device "$DEVICE" --data-root "$data" --clients "$CLIENTS" \
       --rounds "$ROUNDS" --layouts trainer --conv-impl "$impl" --out "$OUT/convs-$impl.json" \
       | tee -a "$OUT/convs.txt"
@@ -191,14 +203,16 @@ step_niid() {
 
 printf "step\tstatus\tseconds\n" > "$OUT/steps.tsv"
 for name in $STEPS; do
-  seconds=$(limit "${LIMITS[$name]}")
+  deadline=$(($(date +%s) + ${LIMITS[$name]}))
+  seconds=$(limit "$deadline")
   if (( seconds < 30 )); then
     echo "== $name skipped: ${seconds} s left of TOTAL_LIMIT_S=$TOTAL_LIMIT_S" | tee -a "$OUT/skipped.txt"
     printf "%s\tskipped\t0\n" "$name" >> "$OUT/steps.tsv"
     continue
   fi
   t0=$(date +%s)
-  "step_$name" "$seconds"
+  # speed and convs take the deadline (several passes share it); the others their seconds
+  if [[ $name == speed || $name == convs ]]; then "step_$name" "$deadline"; else "step_$name" "$seconds"; fi
   rc=$?
   printf "%s\t%s\t%s\n" "$name" "$rc" "$(($(date +%s) - t0))" >> "$OUT/steps.tsv"
 done

@@ -50,6 +50,8 @@ def test_counts(out: Path) -> dict[str, int] | None:
     except (OSError, ElementTree.ParseError):
         return None
     if suite.tag == "testsuites":
+        if not len(suite):
+            return None
         suite = suite[0]
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
@@ -63,6 +65,7 @@ def niid_rounds(out: Path) -> dict[str, float] | None:
                 (out / "niid-metrics.jsonl").read_text().splitlines() if line.strip()]
     except (OSError, ValueError):
         return None
+    rows = [r for r in rows if "elapsed-s" in r and "round" in r]
     times = [b["elapsed-s"] - a["elapsed-s"] for a, b in zip(rows, rows[1:], strict=False)]
     if len(times) < 2:
         return None

@@ -123,6 +123,7 @@ RESUMABLE_KEYS: frozenset[str] = frozenset({
     "device",               # continue a GPU run on another machine (numerics may differ)
     "data-root",            # the same data may live somewhere else now
     "max-batched-clients",  # a memory knob: lower it after running out of GPU memory
+    "conv-impl",            # how vmap runs convolutions: speed and memory (float round-off only)
     "node-aggregate",       # where the clients' weights are summed (float64 round-off only)
     "scaffold-store",       # the store may have been moved (its id is checked on resume)
     "save-client-models",   # what is kept from now on, never what is trained

@@ -16,7 +16,7 @@ AUTO = "auto"
 
 HARMLESS_KEYS: frozenset[str] = frozenset(
     {"run-dir", "resume", "device", "data-root", "max-batched-clients", "checkpoint-every",
-     "scaffold-store", "tensorboard", "node-aggregate"})
+     "scaffold-store", "tensorboard", "node-aggregate", "conv-impl"})
 """Keys that change neither what a run trains nor what it records (bookkeeping, and where or
 how fast it runs): ``compare`` lets a cell's directory differ from the grid in these, and
 summaries never split groups by them. Here, not in ``fedwsa.config``, so that the modules that

@@ -151,19 +151,21 @@ def layout_chunk(data: NodeData, client_ids: list[int], settings: LocalSettings,
 
 
 LEARNED_CHUNK: dict[tuple[Any, ...], int] = {}
-"""Per device, model, batch size, precision and client terms (``BatchedTrainer._memory_key``):
+"""Per device, model, batch size, precision, convolutions and client terms
+(``BatchedTrainer._memory_key``):
 the chunk size an out-of-memory error halved the cohort to. A stacked grid can put hundreds of
 clients in one call; the node learns once what fits instead of failing every round."""
 
 CPU_CHUNK = 16
-# How vmap runs a convolution: one grouped convolution (PyTorch's own rule, None), one
-# ordinary convolution per client (per_client_conv), or unfold + batched matmul (unfold_conv).
-CONV_IMPLS: dict[str, Callable[[nn.Conv2d], nn.Module] | None] = {
-    "grouped": None, "per-client": PerClientConv2d, "unfold": UnfoldConv2d}
 """Clients per chunk and worker on a CPU when ``max-batched-clients`` is 0. Small chunks pay
 more Python per client-step, large ones outgrow the caches: for CIFAR-10's 100 clients (500
 images each, 2 workers) a round took 11.2 s in chunks of 4 and 6.7-8.5 s in chunks of 8 to 50,
 a flat optimum within this machine's noise. A GPU wants the whole cohort."""
+
+# How vmap runs a convolution: one grouped convolution (PyTorch's own rule, None), one
+# ordinary convolution per client (per_client_conv), or unfold + batched matmul (unfold_conv).
+CONV_IMPLS: dict[str, Callable[[nn.Conv2d], nn.Module] | None] = {
+    "grouped": None, "per-client": PerClientConv2d, "unfold": UnfoldConv2d}
 
 
 @contextlib.contextmanager

@@ -71,7 +71,8 @@ def train(msg: Message, context: Context) -> Message:
 def _train_together(tags: list[str], runs: dict[str, tuple[TrainRequest, Config]],
                     replies: dict[str, RecordDict]) -> None:
     """Train the runs ``tags`` in one joint call and put each one's reply in ``replies``. If
-    the call fails, each half is tried again as its own joint call, down to single runs
+    the call fails, each half is grouped again (``fused_groups``: a half may need another
+    order of terms than the whole) and tried as its own joint calls, down to single runs
     trained with their own trainer: the failure finds its run, and the other runs still train
     together (in a few more calls) instead of one by one."""
     if len(tags) > 1:
@@ -80,9 +81,10 @@ def _train_together(tags: list[str], runs: dict[str, tuple[TrainRequest, Config]
         except Exception as err:
             log.warning("%d runs trained together failed (%s); trying each half on its own",
                         len(tags), reason(err))
-            half = len(tags) // 2
-            _train_together(tags[:half], runs, replies)
-            _train_together(tags[half:], runs, replies)
+            middle = len(tags) // 2
+            for half in (tags[:middle], tags[middle:]):
+                for group in fused_groups([_fuse_key(*runs[t]) for t in half]):
+                    _train_together([half[i] for i in group], runs, replies)
             return
         for tag, reply in zip(tags, trained, strict=True):
             try:  # each run's own answer: its failure is not the others'

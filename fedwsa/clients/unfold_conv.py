@@ -9,7 +9,7 @@ by an ``einsum`` that, under ``vmap``, becomes one batched matrix product over t
 [clients, out, in*k*k] @ [clients, in*k*k, batch*positions], which cuBLAS runs at full width;
 autograd gives the weight gradient as the transposed product and the input gradient through
 ``F.fold``. The price is memory: the unfolded input is k*k times the input (conv1 of the
-simple CNN: 25x, about 2.7 GB for 180 clients x 64 images in fp32), kept for the backward.
+simple CNN: about 19x, 2.7 GB for 180 clients x 64 images in fp32), kept for the backward.
 
 Selected with ``conv-impl='unfold'`` (``auto`` keeps grouped convolutions on a GPU until
 ``benchmarks/gpu_check.sh``'s ``convs`` step has measured which is faster). The maths is
