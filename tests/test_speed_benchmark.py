@@ -105,6 +105,38 @@ def test_gpu_summary_collects_the_figures_and_checks_the_goals(tmp_path: Path) -
     assert "niidgrid-unfold" in goal["source"]
 
 
+def test_gpu_check_runs_its_steps_on_a_cpu_and_writes_the_summary(tmp_path: Path) -> None:
+    """``gpu_check.sh`` itself (bash), on the CPU at toy sizes: the ``convs`` step runs the
+    trainer both ways, an unknown step name is refused before any work, and summary.json
+    holds what the step measured (nothing left from an earlier check in the same $OUT)."""
+    import os
+    import subprocess
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "grid.json").write_text(json.dumps({"round_speedup_stacked": 9.0}))  # stale
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "OUT": str(out), "DEVICE": "cpu", "CLIENTS": "2", "ROUNDS": "3",
+           "TRAIN_IMAGES": "500", "STEPS": "convs"}
+    script = str(ROOT / "benchmarks" / "gpu_check.sh")
+    bad = subprocess.run(["bash", script], env={**env, "STEPS": "convs speeed"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown step 'speeed'" in bad.stderr
+    assert (out / "grid.json").exists()  # refused before touching $OUT
+    done = subprocess.run(["bash", script], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((out / "summary.json").read_text())
+    assert report["steps"]["convs"]["status"] == "0"
+    times = report["trainer_round_s_by_conv_impl"]
+    for impl in ("grouped", "unfold"):
+        measured = json.loads((out / f"convs-{impl}.json").read_text())
+        assert measured["config"]["conv_impl"] == impl
+        assert times[impl] == measured["layouts"]["trainer"]["mean_round_s"] > 0
+    assert report["grid"] is None  # the stale file was removed, not read
+    assert all(g["met"] is None for g in report["goals"])  # no goal's step ran
+
+
 def test_round_seconds_subtract_evaluation_and_skip_round_one(tmp_path: Path) -> None:
     speed = load_speed()
     elapsed = [1.0, 20.0, 23.5, 27.0, 30.0]  # rounds 0..4
