@@ -98,11 +98,12 @@ limit() {
   echo $(( left > 0 ? left : 0 ))
 }
 
-# logged LIMIT LOG FILTER CMD...: run CMD under LIMIT seconds into LOG (kept in $OUT), then show
+# logged END LOG FILTER CMD...: run CMD until END (limit) into LOG (kept in $OUT), then show
 # the lines that match FILTER. A file, not a pipe: Ray's processes that outlive a stopped step
 # would hold a pipe open and stall the check.
 logged() {
-  local seconds=$1 log=$2 filter=$3
+  local seconds log=$2 filter=$3
+  seconds=$(limit "$1")
   shift 3
   timeout -k 10 "$seconds" "$@" > "$log" 2>&1
   local rc=$?
@@ -119,14 +120,14 @@ step_tests() {
   return "${PIPESTATUS[0]}"
 }
 
-step_speed() {  # $1: the step's deadline (epoch seconds), shared by its passes
+step_speed() {  # $1, as for every step: its deadline (epoch seconds)
   local strategy seconds rc=0
   for strategy in $STRATEGIES; do
     seconds=$(limit "$1")
     (( seconds >= 10 )) || { echo "== speed.py $strategy skipped: no time left"; rc=124; break; }
     echo "== speed.py, $CLIENTS clients, $strategy" | tee -a "$OUT/speed.txt"
     # shellcheck disable=SC2086  # SPEED_ARGS is a list of arguments
-    logged "$seconds" "$OUT/speed-$strategy.log" "^\(|^speedup|^config|^done|rror|must be" \
+    logged "$1" "$OUT/speed-$strategy.log" "^\(|^speedup|^config|^done|rror|must be" \
       python3 benchmarks/speed.py --device "$DEVICE" --data-root "$data" --clients "$CLIENTS" \
       --rounds "$ROUNDS" --strategy "$strategy" --out "$OUT/speed-$strategy.json" $SPEED_ARGS \
       | tee -a "$OUT/speed.txt"
@@ -142,7 +143,7 @@ step_convs() {  # the batched trainer alone with each way of running the convolu
     seconds=$(limit "$1")
     (( seconds >= 10 )) || { echo "== conv-impl $impl skipped: no time left"; rc=124; break; }
     echo "== speed.py trainer alone, $CLIENTS clients, conv-impl $impl" | tee -a "$OUT/convs.txt"
-    logged "$seconds" "$OUT/convs-$impl.log" "^\(|^done|rror|must be" \
+    logged "$1" "$OUT/convs-$impl.log" "^\(|^done|rror|must be" \
       python3 benchmarks/speed.py --device "$DEVICE" --data-root "$data" --clients "$CLIENTS" \
       --rounds "$ROUNDS" --layouts trainer --conv-impl "$impl" --out "$OUT/convs-$impl.json" \
       | tee -a "$OUT/convs.txt"
@@ -211,8 +212,7 @@ for name in $STEPS; do
     continue
   fi
   t0=$(date +%s)
-  # speed and convs take the deadline (several passes share it); the others their seconds
-  if [[ $name == speed || $name == convs ]]; then "step_$name" "$deadline"; else "step_$name" "$seconds"; fi
+  "step_$name" "$deadline"  # every step runs until its deadline (passes of one step share it)
   rc=$?
   printf "%s\t%s\t%s\n" "$name" "$rc" "$(($(date +%s) - t0))" >> "$OUT/steps.tsv"
 done
