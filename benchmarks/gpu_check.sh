@@ -8,7 +8,8 @@
 #             (the last, (c'), is (c) with node-aggregate=false: every client's weights sent
 #             back): the flower-overhead and batched/classic goals;
 #   convs     the batched trainer alone (speed.py --layouts trainer) with conv-impl grouped and
-#             unfold: which way of running the convolutions under vmap is faster on this GPU;
+#             unfold: which way of running the convolutions under vmap is faster on this GPU
+#             (auto times both on its first step; the speed step's JSON says what it chose);
 #   niidgrid  NIID-Bench's whole grid (fedavg, fedprox, scaffold, fednova, fedwsa, cart x seeds
 #             0-2, 10 clients, 10 local epochs, its augmentation) stacked for NIIDGRID_ROUNDS
 #             rounds, projected to 50 rounds (goal: at most 10 minutes on one GPU);

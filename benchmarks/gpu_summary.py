@@ -83,10 +83,23 @@ def conv_times(out: Path) -> dict[str, float] | None:
     return times or None
 
 
+def main_speed(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The speed step's fedavg run (or its first)."""
+    runs = report["speed"] or {}
+    return runs.get("fedavg") or next(iter(runs.values()), None)
+
+
+def auto_conv(report: dict[str, Any]) -> dict[str, Any] | None:
+    """What conv-impl='auto' chose in the speed step's trainer-alone layout, and its time."""
+    layout = ((main_speed(report) or {}).get("layouts") or {}).get("trainer")
+    if not layout:
+        return None
+    return {"chosen": layout.get("conv_impl"), "round_s": layout.get("mean_round_s")}
+
+
 def goal_values(report: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
     """Each goal's measured value, or None and why not."""
-    speed = (report["speed"] or {}).get("fedavg") or next(iter((report["speed"] or {}).values()),
-                                                          None)
+    speed = main_speed(report)
     summary = (speed or {}).get("summary", {})
     clients = (speed or {}).get("config", {}).get("clients_per_round")
     grid = report["grid"]
@@ -129,6 +142,7 @@ def summarize(out: Path) -> dict[str, Any]:
         "trainer_round_s_by_conv_impl": conv_times(out),
         "niid_run": niid_rounds(out),
     }
+    report["auto_conv_impl"] = auto_conv(report)
     values = goal_values(report)
     report["goals"] = [
         {"goal": name, "what": what, "target": target,
@@ -152,6 +166,9 @@ def main(argv: list[str]) -> int:
         print(f"step {name}: status {step['status']}, {step['seconds']} s")
     for impl, seconds in (report["trainer_round_s_by_conv_impl"] or {}).items():
         print(f"batched trainer alone, conv-impl {impl}: {seconds:.3f} s/round")
+    if report["auto_conv_impl"]:
+        print(f"batched trainer alone, conv-impl auto chose {report['auto_conv_impl']['chosen']}"
+              f": {report['auto_conv_impl']['round_s']:.3f} s/round")
     for goal in report["goals"]:
         value = "not measured" if goal["value"] is None else f"{goal['value']:.3g}"
         verdict = {None: "unknown", True: "MET", False: "not met"}[goal["met"]]

@@ -194,7 +194,8 @@ def run_trainer_alone(args: argparse.Namespace, workdir: Path) -> dict[str, obje
         seconds.append(time.perf_counter() - start)
         wasted = result.stats.get("wasted-fraction")
     return {"layout": "trainer", "supernodes": 0, "trainer": "batched", "num_gpus": 0.0,
-            "round_s": seconds[1:], "first_round_s": seconds[0], "wasted_fraction": wasted}
+            "round_s": seconds[1:], "first_round_s": seconds[0], "wasted_fraction": wasted,
+            "conv_impl": trainer.conv_impl}  # auto's choice, once it has timed them
 
 
 def build_parser() -> argparse.ArgumentParser:

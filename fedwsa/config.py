@@ -81,8 +81,9 @@ KEYS: tuple[Key, ...] = (
          "GPU, 16 per worker thread on a CPU)."),
     key("precision", "fp32", choice(*PRECISIONS), "Batched trainer: autocast precision."),
     key("conv-impl", "auto", choice(*CONV_IMPLS),
-        "Batched trainer: how vmap runs convolutions (auto: per-client on a CPU, grouped on a "
-        "GPU; unfold: im2col + one batched matmul, more memory)."),
+        "Batched trainer: how vmap runs convolutions (auto: per-client on a CPU; on a GPU the "
+        "faster of grouped and unfold, timed on the node's first step; unfold: im2col + one "
+        "batched matmul, more memory)."),
     key("node-aggregate", True, boolean(),
         "Nodes reply with the weighted sum of their clients' weights (and each client's layer "
         "scopes), one model instead of one per client, where the strategy's merge is linear "

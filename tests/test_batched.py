@@ -9,6 +9,8 @@ from fakes import FakeGrid, train_reply
 from torch import nn
 
 from fedwsa.algorithms import client_terms
+from fedwsa.algorithms.base import ClientTerm
+from fedwsa.clients import batched
 from fedwsa.clients.batched import BatchedTrainer, layout_chunk, plan_chunks
 from fedwsa.clients.node import NodeData, node_data
 from fedwsa.clients.sequential import SequentialTrainer
@@ -240,11 +242,10 @@ def test_cpu_workers_share_the_clients_and_run_single_threaded(
     assert len({ident for ident, _ in seen}) == 2 and all(n == 1 for _, n in seen)
 
 
-@pytest.mark.parametrize("conv_impl", ["grouped", "unfold"])
-def test_every_conv_impl_trains_clients_like_the_sequential_trainer(conv_impl: str) -> None:
-    """vmap's grouped convolutions and unfold + batched matmul (the GPU candidates), run on the
-    CPU: every client's weights after a round are the sequential trainer's (nn.Conv2d, one
-    client at a time) up to float noise, with WSA's loss term through the convolutions."""
+def wsa_round() -> tuple[NodeData, nn.Module, dict[str, torch.Tensor], CohortTask,
+                         list[ClientTerm]]:
+    """Four ragged clients' round 1 of fedwsa (beta 0.5): the node, model, weights, task and
+    client terms."""
     sizes = (40, 17, 33, 8)
     data = tiny_node(sizes)
     model = build_model("simple-cnn", data.num_classes, seed=0)
@@ -252,7 +253,15 @@ def test_every_conv_impl_trains_clients_like_the_sequential_trainer(conv_impl: s
     config = make_config({"strategy": "fedwsa", "wsa-beta": 0.5})
     ids = list(range(len(sizes)))
     task = CohortTask(1, ids, g, build_strategy(config).client_inputs(1, g, ids))
-    terms = client_terms(config, g)
+    return data, model, g, task, client_terms(config, g)
+
+
+@pytest.mark.parametrize("conv_impl", ["grouped", "unfold"])
+def test_every_conv_impl_trains_clients_like_the_sequential_trainer(conv_impl: str) -> None:
+    """vmap's grouped convolutions and unfold + batched matmul (the GPU candidates), run on the
+    CPU: every client's weights after a round are the sequential trainer's (nn.Conv2d, one
+    client at a time) up to float noise, with WSA's loss term through the convolutions."""
+    data, model, g, task, terms = wsa_round()
     ref = SequentialTrainer(model, data, settings(), terms).train(task)
     trainer = BatchedTrainer(model, data, settings(), terms=terms, conv_impl=conv_impl)
     bat = trainer.train(task)
@@ -261,13 +270,60 @@ def test_every_conv_impl_trains_clients_like_the_sequential_trainer(conv_impl: s
         torch.testing.assert_close(bat.params[name], ref.params[name], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("timings", "chosen"), [
+    ((1.0, 0.5), "unfold"),              # clearly faster: taken
+    ((1.0, 0.95), "per-client"),         # within TUNE_MARGIN: the first choice stays
+    ((1.0, "oom"), "per-client"),        # out of memory: out
+    (("oom", "oom", 1.0, 0.5), "unfold"),  # both out: the chunk is halved and timed again
+])
+def test_auto_conv_impl_keeps_the_fastest_of_its_timed_choices(
+        monkeypatch: pytest.MonkeyPatch, timings: tuple[float | str, ...], chosen: str) -> None:
+    """conv-impl='auto' where a device has several choices (a GPU's grouped and unfold; here
+    the CPU given per-client and unfold): one real step of the first chunk with each, timed
+    (scripted here), the fastest kept; the clients are those of an explicit run with the
+    chosen one, bit for bit; a later trainer of the same shapes does not time again."""
+    monkeypatch.setattr(batched, "AUTO_CONV_IMPLS", {"cpu": ("per-client", "unfold")})
+    monkeypatch.setattr(batched, "TUNED_CONV_IMPL", {})
+    monkeypatch.setattr(batched, "LEARNED_CHUNK", {})
+    timed: list[int] = []
+
+    def scripted(fn, device: torch.device, repeats: int = 3) -> float:
+        grads, ce = fn()  # the real step runs: a gradient for every weight of every client
+        assert set(grads) == set(g) and ce.shape[0] == grads["fc1.weight"].shape[0]
+        value = timings[len(timed)]
+        timed.append(ce.shape[0])
+        if value == "oom":
+            raise torch.OutOfMemoryError("scripted")
+        return float(value)
+
+    monkeypatch.setattr(batched, "time_call", scripted)
+    data, model, g, task, terms = wsa_round()
+
+    def trainer(conv_impl: str = "auto") -> BatchedTrainer:
+        return BatchedTrainer(model, data, settings(), terms=terms, cpu_workers=1,
+                              conv_impl=conv_impl)
+
+    auto = trainer()
+    assert auto.conv_impl is None
+    got = auto.train(task)
+    assert auto.conv_impl == chosen and len(timed) == len(timings)
+    # 4 clients timed at once; after both ran out of memory, a chunk of 2
+    assert timed == [4] * min(len(timings), 2) + [2] * (len(timings) - 2)
+    ref = trainer(chosen).train(task)
+    for name in g:
+        assert torch.equal(got.params[name], ref.params[name]), name
+    again = trainer()
+    again.train(task)
+    assert again.conv_impl == chosen and len(timed) == len(timings)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("conv_impl", ["auto", "unfold"])
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedwsa"])
 def test_cuda_batched_trainer_matches_the_cpu_sequential_trainer(strategy: str,
                                                                  conv_impl: str) -> None:
-    """On a GPU the batched trainer keeps vmap's grouped convolutions (cuDNN; or, with
-    conv-impl='unfold', unfold + batched matmul) and no worker threads; its clients must still
+    """On a GPU the batched trainer runs vmap's grouped convolutions (cuDNN) or unfold +
+    batched matmul (auto times both) and no worker threads; its clients must still
     be the CPU reference's up to float noise (TF32 off), with the algorithms' client terms too
     (inputs sent from the CPU, as the ClientApp gets them)."""
     sizes = (40, 17, 33, 8)

@@ -461,7 +461,8 @@ def test_the_batched_step_maths_run_on_the_node_device(fused: bool) -> None:
     inputs = trainer._chunk_inputs(trainer._round(task), ids)
     assert_on([inputs.global_params, inputs.shared, inputs.own, inputs.hyper or {}], META)
     layout = layout_chunk(node, ids, SETTINGS, 1)
-    params, ce = trainer._run_steps(inputs, layout, trainer._grad_fn(0, inputs.per_client))
+    params, ce = trainer._run_steps(
+        inputs, layout, trainer._grad_fn("grouped", 0, inputs.per_client))
     assert_like(params, {n: v.unsqueeze(0).expand(K, *v.shape).to(META)
                          for n, v in global_params.items()})
     assert (ce.device, ce.dtype, tuple(ce.shape)) == (META, torch.float32, (K,))

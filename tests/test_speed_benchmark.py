@@ -66,6 +66,7 @@ def test_gpu_summary_collects_the_figures_and_checks_the_goals(tmp_path: Path) -
     # speed.py's own summary: (c) 0.5 s, (d) 0.45 s, (a) 4.5 s per round
     (tmp_path / "speed-fedavg.json").write_text(json.dumps({
         "config": {"clients_per_round": 100},
+        "layouts": {"trainer": {"mean_round_s": 0.45, "conv_impl": "unfold"}},
         "summary": {"flower_overhead": 1 - 0.45 / 0.5, "speedup_batched_vs_classic": 4.5 / 0.5}}))
     (tmp_path / "niid-metrics.jsonl").write_text("".join(
         json.dumps({"round": r, "elapsed-s": e}) + "\n"
@@ -77,6 +78,7 @@ def test_gpu_summary_collects_the_figures_and_checks_the_goals(tmp_path: Path) -
     assert report["steps"]["niidgrid"] == {"status": "124", "seconds": 200}
     # round 1 (30 s, the start-up) is left out: rounds 2 and 3 took 6 and 7 s
     assert report["niid_run"]["round_s_after_round_1"] == pytest.approx(6.5)
+    assert report["auto_conv_impl"] == {"chosen": "unfold", "round_s": 0.45}
     goals = {g["goal"]: g for g in report["goals"]}
     assert goals["flower-overhead"]["value"] == pytest.approx(0.1)
     assert goals["flower-overhead"]["met"] is True  # at most 15%
@@ -132,6 +134,7 @@ def test_gpu_check_runs_its_steps_on_a_cpu_and_writes_the_summary(tmp_path: Path
     for impl in ("grouped", "unfold"):
         measured = json.loads((out / f"convs-{impl}.json").read_text())
         assert measured["config"]["conv_impl"] == impl
+        assert measured["layouts"]["trainer"]["conv_impl"] == impl  # what the trainer ran
         assert times[impl] == measured["layouts"]["trainer"]["mean_round_s"] > 0
     assert report["grid"] is None  # the stale file was removed, not read
     assert all(g["met"] is None for g in report["goals"])  # no goal's step ran

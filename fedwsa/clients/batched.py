@@ -34,6 +34,7 @@ import contextlib
 import copy
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -167,6 +168,37 @@ a flat optimum within this machine's noise. A GPU wants the whole cohort."""
 CONV_IMPLS: dict[str, Callable[[nn.Conv2d], nn.Module] | None] = {
     "grouped": None, "per-client": PerClientConv2d, "unfold": UnfoldConv2d}
 
+AUTO_CONV_IMPLS: dict[str, tuple[str, ...]] = {"cpu": ("per-client",),
+                                                "cuda": ("grouped", "unfold")}
+"""What ``conv-impl='auto'`` picks from, per device type (others: grouped). On a CPU
+per-client convolutions, measured (``per_client_conv``). On a GPU it depends on the model, the
+clients per chunk, the precision and the chip (cuDNN's grouped kernels are slow for a few
+channels per group; unfold runs one wide matmul but keeps 9-25x the input for the backward),
+so the node times one step of its first chunk with each (``BatchedTrainer._tune``) and keeps
+the fastest, as ``torch.backends.cudnn.benchmark`` does for kernels. The first candidate
+stays unless another is ``TUNE_MARGIN`` faster, so a near tie does not flip between runs."""
+
+TUNE_MARGIN = 0.9
+
+TUNED_CONV_IMPL: dict[tuple[Any, ...], str] = {}
+"""auto's choice per ``BatchedTrainer._tune_key``: timed once per process (a fused call of a
+stacked grid builds a trainer per round and finds it here)."""
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 3) -> float:
+    """Seconds per call of ``fn`` after one warm-up call (which picks kernels and allocates)."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeats
+
 
 @contextlib.contextmanager
 def single_threaded_ops() -> Iterator[None]:
@@ -239,10 +271,13 @@ class BatchedTrainer:
         GPU)."""
         check_functional(model)  # running statistics cannot live on stacked weights
         on_cpu = data.device.type == "cpu"
-        self.conv_impl = conv_impl if conv_impl != "auto" else (
-            "per-client" if on_cpu else "grouped")
-        make = CONV_IMPLS[self.conv_impl]
-        self.model = (model if make is None else swap_convs(model, make)).to(data.device)
+        self._conv_choices = ((conv_impl,) if conv_impl != "auto" else
+                              AUTO_CONV_IMPLS.get(data.device.type, ("grouped",)))
+        # None until auto has timed its choices on the first chunk (``_tune``)
+        self.conv_impl: str | None = (self._conv_choices[0] if len(self._conv_choices) == 1
+                                      else None)
+        self._tune_lock = threading.Lock()
+        self.model = model.to(data.device)
         self.data = data
         self.settings = settings
         self.max_clients = max_clients or (CPU_CHUNK if on_cpu else 0)
@@ -256,11 +291,8 @@ class BatchedTrainer:
         self._corrections = [t for t in self.terms if t.overrides("correct_grad")]
         self._steps_after = [t for t in self.terms if t.overrides("after_step")]
         self._output_terms = [t for t in self.terms if t.overrides("outputs")]
-        # functional_call swaps the weights into the module while it runs, so every worker
-        # thread needs a module of its own.
-        self._modules = [copy.deepcopy(self.model) if w else self.model
-                         for w in range(self.workers)]
-        self._grads = {False: [self._vmapped_grad(m, False) for m in self._modules]}
+        self._modules: dict[str, list[nn.Module]] = {}
+        self._grads: dict[tuple[str, bool], list[Callable[..., Any]]] = {}
 
     def _vmapped_grad(self, model: nn.Module, per_client: bool) -> Callable[..., Any]:
         """Per client: weights, images, labels, sample weights (and the terms' own inputs).
@@ -270,10 +302,55 @@ class BatchedTrainer:
         in_dims = (0, 0, 0, 0, shared, shared, 0) if self._loss_terms else (0, 0, 0, 0)
         return vmap(grad(functools.partial(self._loss, model), has_aux=True), in_dims=in_dims)
 
-    def _grad_fn(self, worker: int, per_client: bool) -> Callable[..., Any]:
-        if per_client not in self._grads:
-            self._grads[per_client] = [self._vmapped_grad(m, per_client) for m in self._modules]
-        return self._grads[per_client][worker]
+    def _grad_fn(self, impl: str, worker: int, per_client: bool) -> Callable[..., Any]:
+        """The vmapped gradient with convolutions run as ``impl``, for one worker thread."""
+        if impl not in self._modules:
+            make = CONV_IMPLS[impl]
+            model = (self.model if make is None else swap_convs(self.model, make)).to(
+                self.data.device)
+            # functional_call swaps the weights into the module while it runs, so every
+            # worker thread needs a module of its own.
+            self._modules[impl] = [copy.deepcopy(model) if w else model
+                                   for w in range(self.workers)]
+        if (impl, per_client) not in self._grads:
+            self._grads[impl, per_client] = [self._vmapped_grad(m, per_client)
+                                             for m in self._modules[impl]]
+        return self._grads[impl, per_client][worker]
+
+    def _tune_key(self, clients: int) -> tuple[Any, ...]:
+        return (*self._memory_key(), clients)
+
+    def _tune(self, inputs: _ChunkInputs, layout: ChunkLayout, worker: int) -> str:
+        """auto's convolutions: the fastest of ``_conv_choices`` for one step of this chunk
+        (its first, every client active; the gradient only, which is all that differs). A
+        choice that runs the device out of memory is out; if all do, the error goes up and
+        ``_train_group`` halves the chunk."""
+        key = self._tune_key(len(layout.client_ids))
+        if key in TUNED_CONV_IMPL:
+            return TUNED_CONV_IMPL[key]
+        k = layout.active[0]
+        now = inputs.first(k)
+        args = (self._start_params(now, k), *self._batch(layout, 0, k),
+                *((now.global_params, now.shared, now.own) if self._loss_terms else ()))
+        seconds: dict[str, float] = {}
+        for impl in self._conv_choices:
+            fn = self._grad_fn(impl, worker, inputs.per_client)
+            try:
+                seconds[impl] = time_call(lambda fn=fn: fn(*args), self.data.device)
+            except torch.OutOfMemoryError:
+                if self.data.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        if not seconds:
+            raise torch.OutOfMemoryError(f"every conv-impl ran {self.data.device} out of memory "
+                                         f"for {k} clients")
+        first = self._conv_choices[0]
+        best = min(seconds, key=seconds.__getitem__)
+        if first in seconds and seconds[best] > TUNE_MARGIN * seconds[first]:
+            best = first
+        TUNED_CONV_IMPL[key] = best
+        log.info("conv-impl auto on %s: %s (one step of %d clients: %s)", self.data.device, best,
+                 k, ", ".join(f"{i} {1e3 * t:.1f} ms" for i, t in seconds.items()))
+        return best
 
     def _loss(self, model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
               y: torch.Tensor, w: torch.Tensor,
@@ -327,7 +404,7 @@ class BatchedTrainer:
         """What decides how many clients fit on the device at once."""
         size = sum(p.numel() for p in self.model.parameters())
         return (str(self.data.device), type(self.model).__name__, size,
-                self.settings.batch_size, self.precision, self.conv_impl,
+                self.settings.batch_size, self.precision, self.conv_impl or self._conv_choices,
                 tuple(t.name for t in self.terms))
 
     def chunk_size(self, clients: int) -> int:
@@ -363,8 +440,11 @@ class BatchedTrainer:
         for chunk in plan_chunks(group, self.settings, size):
             layout = layout_chunk(self.data, chunk, self.settings, rnd.task.server_round)
             inputs = self._chunk_inputs(rnd, chunk)
+            with self._tune_lock:  # worker threads wait for the first one's choice
+                if self.conv_impl is None:
+                    self.conv_impl = self._tune(inputs, layout, worker)
             params, losses, c, r = self._train_chunk(
-                inputs, layout, self._grad_fn(worker, inputs.per_client))
+                inputs, layout, self._grad_fn(self.conv_impl, worker, inputs.per_client))
             computed, real = computed + c, real + r
             outputs = self._outputs(inputs, params, layout.steps)
             steps = layout.steps.tolist()
@@ -417,29 +497,36 @@ class BatchedTrainer:
                   for i, c in enumerate(layout.client_ids)]
         return params, losses, computed, real
 
+    @staticmethod
+    def _start_params(inputs: _ChunkInputs, k: int) -> dict[str, torch.Tensor]:
+        """The first ``k`` clients' starting weights, a stack of their own."""
+        if inputs.per_client:  # clients of several runs: each from its own run's model
+            return {n: v[:k].clone() for n, v in inputs.global_params.items()}
+        return {n: v.unsqueeze(0).repeat(k, *([1] * v.dim()))
+                for n, v in inputs.global_params.items()}
+
+    def _batch(self, layout: ChunkLayout, t: int, k: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step ``t``'s images (augmented), labels and sample weights of the first ``k``."""
+        x = load_images(self.data, layout.indices[:k, t],
+                        None if layout.offsets is None else layout.offsets[:k, t],
+                        None if layout.flips is None else layout.flips[:k, t])
+        return x, layout.labels[:k, t], layout.sample_weight[:k, t]
+
     def _run_steps(self, inputs: _ChunkInputs, layout: ChunkLayout,
                    grad_fn: Callable[..., Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The chunk's local SGD, all on the device: the clients' weights and each client's
         cross-entropy summed over its last epoch ([K]); nothing here reads back to the host."""
-        s, data, dev = self.settings, self.data, self.data.device
+        s, dev = self.settings, self.data.device
         K, T = layout.indices.shape[:2]
         names = list(inputs.global_params)
-        if inputs.per_client:  # clients of several runs: each from its own run's model
-            params = {n: v.clone() for n, v in inputs.global_params.items()}
-        else:
-            params = {n: v.unsqueeze(0).repeat(K, *([1] * v.dim()))
-                      for n, v in inputs.global_params.items()}
+        params = self._start_params(inputs, K)
         bufs = {n: torch.zeros_like(v) for n, v in params.items()}
         # per client and step: CE summed over the batch
         ce_sum = torch.zeros(K, T, dtype=torch.float32, device=dev)
         now, h, last_k = inputs, {}, -1
         for t, k in enumerate(layout.active):
-            idx = layout.indices[:k, t]
-            x = load_images(
-                data, idx,
-                None if layout.offsets is None else layout.offsets[:k, t],
-                None if layout.flips is None else layout.flips[:k, t],
-            )
+            x, labels, weights = self._batch(layout, t, k)
             current = {n: params[n][:k] for n in names}  # views: updated in place below
             active = list(current.values())
             if k != last_k:  # the active prefix only shrinks: slice the inputs when it does
@@ -448,8 +535,7 @@ class BatchedTrainer:
                     n: [v.view(-1, *[1] * (p.dim() - 1)) for p in active]
                     for n, v in now.hyper.items()}
             extra = (now.global_params, now.shared, now.own) if self._loss_terms else ()
-            grads, ce = grad_fn(current, x, layout.labels[:k, t], layout.sample_weight[:k, t],
-                                *extra)
+            grads, ce = grad_fn(current, x, labels, weights, *extra)
             with torch.no_grad():
                 ce_sum[:k, t] = (ce * layout.loss_mask[:k, t]).sum(dim=1)
                 # torch.optim.SGD (dampening 0, no Nesterov): g += wd p; buf = m buf + g;

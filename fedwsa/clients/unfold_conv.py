@@ -1,4 +1,4 @@
-"""Convolutions as unfold + one matrix product per client: a GPU path to measure.
+"""Convolutions as unfold + one matrix product per client: a GPU path.
 
 Under ``vmap`` over stacked weights PyTorch runs every convolution as ONE grouped convolution
 (a group per client). For FL models' few channels per group, cuDNN's grouped kernels (their
@@ -11,9 +11,10 @@ autograd gives the weight gradient as the transposed product and the input gradi
 ``F.fold``. The price is memory: the unfolded input is k*k times the input (conv1 of the
 simple CNN: about 19x, 2.7 GB for 180 clients x 64 images in fp32), kept for the backward.
 
-Selected with ``conv-impl='unfold'`` (``auto`` keeps grouped convolutions on a GPU until
-``benchmarks/gpu_check.sh``'s ``convs`` step has measured which is faster). The maths is
-``F.conv2d``'s; ``tests/test_per_client_conv.py`` checks values and gradients against it.
+Selected with ``conv-impl='unfold'``; on a GPU ``auto`` times it against grouped convolutions
+on the node's first chunk and keeps the faster (``fedwsa.clients.batched.AUTO_CONV_IMPLS``).
+The maths is ``F.conv2d``'s; ``tests/test_per_client_conv.py`` checks values and gradients
+against it.
 """
 
 from __future__ import annotations
