@@ -88,7 +88,7 @@ def test_gpu_summary_collects_the_figures_and_checks_the_goals(tmp_path: Path) -
     assert goals["rounds/s stacked/one-by-one"]["met"] is None
     # The grid steps' figures, once they are there: 720 s projected is 12 minutes, not met.
     (tmp_path / "niid-grid.json").write_text(json.dumps({"projected_wall_s": {"stacked": 720.0}}))
-    (tmp_path / "grid.json").write_text(json.dumps({"config": {"clients": 100},
+    (tmp_path / "grid.json").write_text(json.dumps({"config": {"clients": 100, "cells": 6},
                                                     "round_speedup_stacked": 5.5}))
     for impl, seconds in (("grouped", 0.3), ("unfold", 0.2)):
         (tmp_path / f"convs-{impl}.json").write_text(json.dumps(
@@ -98,6 +98,7 @@ def test_gpu_summary_collects_the_figures_and_checks_the_goals(tmp_path: Path) -
     assert goals["niid-grid-minutes"]["value"] == pytest.approx(12.0)
     assert goals["niid-grid-minutes"]["met"] is False
     assert goals["rounds/s stacked/one-by-one"]["met"] is True
+    assert "6 cells" in goals["rounds/s stacked/one-by-one"]["source"]
     assert report["trainer_round_s_by_conv_impl"] == {"grouped": 0.3, "unfold": 0.2}
     # The grid with unfold convolutions, 540 s: the faster fp32 figure counts, and says so.
     (tmp_path / "niid-grid-unfold.json").write_text(json.dumps(
