@@ -267,8 +267,8 @@ class BatchedTrainer:
                  conv_impl: str = "auto") -> None:
         """``cpu_workers``: threads that train chunks side by side on a CPU (default: torch's
         intra-op thread count, i.e. the node's CPUs); ignored on a GPU. ``conv_impl``: how
-        ``vmap`` runs the convolutions (``CONV_IMPLS``; auto: per-client on a CPU, grouped on a
-        GPU)."""
+        ``vmap`` runs the convolutions (``CONV_IMPLS``; auto: ``AUTO_CONV_IMPLS``, timed on the
+        first chunk where a device has several)."""
         check_functional(model)  # running statistics cannot live on stacked weights
         on_cpu = data.device.type == "cpu"
         self._conv_choices = ((conv_impl,) if conv_impl != "auto" else
