@@ -151,7 +151,8 @@ def test_a_diverging_client_in_the_batched_trainer_does_not_poison_the_others() 
     lane = plan_chunks({c: node.client_size(c) for c in ids}, SETTINGS, 0)[0].index(victim)
     # One worker thread, so that the victim's lane in the one chunk is known.
     poisoned = BatchedTrainer(build_model("simple-cnn", 10), node, SETTINGS, cpu_workers=1)
-    grad_fn = poisoned._grads[False][0]  # the one worker's grad, one run's clients
+    # the one worker's grad for one run's clients (CPU: per-client convolutions, no timing)
+    grad_fn = poisoned._grad_fn("per-client", 0, False)
 
     def nan_for_victim(params, *args):
         grads, ce = grad_fn(params, *args)
@@ -161,7 +162,7 @@ def test_a_diverging_client_in_the_batched_trainer_does_not_poison_the_others() 
                 g[lane] = float("nan")
         return grads, ce
 
-    poisoned._grads[False][0] = nan_for_victim
+    poisoned._grads["per-client", False][0] = nan_for_victim
     result = train_cohort(poisoned, CohortTask(1, ids, global_params()), seed=SETTINGS.seed)
     clean = BatchedTrainer(build_model("simple-cnn", 10), node, SETTINGS, cpu_workers=1
                            ).train(CohortTask(1, ids, global_params()))
