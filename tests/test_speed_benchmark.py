@@ -216,3 +216,30 @@ def test_round_cost_profiles_the_stages_of_a_round(tmp_path: Path,
     assert figures["server: replies merged"] < figures["server: aggregate (all of it)"]
     assert out.stat().st_size > 0
     assert "fedwsa's own cost outside training" in capsys.readouterr().out
+
+
+def test_niid_bench_original_writes_cifar10_as_torchvision_reads_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``benchmarks/niid_bench_original.py`` hands NIID-Bench's code an ``.npz`` as torchvision's
+    ``cifar-10-batches-py``: torchvision's own CIFAR-10 reader (the MD5 check accepted, as the
+    script does offline) gives back every image and label of both splits, in order."""
+    import numpy as np
+
+    original = load_benchmark("niid_bench_original")
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (13, 32, 32, 3), dtype=np.uint8),
+              "y_train": rng.integers(0, 10, 13), "x_test": rng.integers(
+                  0, 256, (4, 32, 32, 3), dtype=np.uint8), "y_test": rng.integers(0, 10, 4)}
+    np.savez(tmp_path / "c.npz", **arrays)
+    original.write_torchvision_cifar10(tmp_path / "c.npz", tmp_path / "root")
+    from torchvision.datasets import cifar
+
+    monkeypatch.setattr(cifar, "check_integrity", cifar.check_integrity)  # restored after
+    with pytest.raises(RuntimeError, match="corrupted"):  # the MD5s differ from the archive's
+        cifar.CIFAR10(str(tmp_path / "root"), train=True, download=False)
+    original.trust_local_cifar10()
+    for train, x, y in ((True, arrays["x_train"], arrays["y_train"]),
+                        (False, arrays["x_test"], arrays["y_test"])):
+        read = cifar.CIFAR10(str(tmp_path / "root"), train=train, download=False)
+        assert np.array_equal(read.data, x) and read.targets == y.tolist()
+        assert read.classes[0] == "airplane" and len(read.classes) == 10
