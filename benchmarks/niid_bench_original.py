@@ -41,24 +41,21 @@ TRAIN_BATCHES = 5
 
 
 def write_torchvision_cifar10(npz: Path, root: Path) -> Path:
-    """``npz`` (x_train, y_train, x_test, y_test; N x 32 x 32 x 3 uint8) as torchvision's
-    ``root/cifar-10-batches-py``: five train batches, the test batch and the meta file, rows of
-    3072 bytes in channel-major order, as the original archive stores them."""
+    """``npz`` as torchvision's ``root/cifar-10-batches-py``: five train batches, the test batch
+    and the meta file, rows of 3072 bytes in channel-major order, as the original archive
+    stores them. fedwsa's own loader reads (and checks) the ``.npz`` first."""
+    from fedwsa.data import load_dataset
+
+    data = load_dataset("cifar10", str(npz), seed=0)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
-    with np.load(npz) as data:
-        splits = {"train": (data["x_train"], data["y_train"]), "test": (data["x_test"],
-                                                                       data["y_test"])}
-    files: list[tuple[str, np.ndarray, np.ndarray]] = []
-    x, y = splits["train"]
-    for i, (xs, ys) in enumerate(zip(np.array_split(x, TRAIN_BATCHES),
-                                     np.array_split(y, TRAIN_BATCHES), strict=True)):
-        files.append((f"data_batch_{i + 1}", xs, ys))
-    files.append(("test_batch", *splits["test"]))
-    for name, xs, ys in files:
-        rows = np.ascontiguousarray(xs.transpose(0, 3, 1, 2)).reshape(len(xs), -1)
+    batches = zip(np.array_split(data.x_train.numpy(), TRAIN_BATCHES),
+                  np.array_split(data.y_train.numpy(), TRAIN_BATCHES), strict=True)
+    files = [(f"data_batch_{i + 1}", x, y) for i, (x, y) in enumerate(batches)]
+    files.append(("test_batch", data.x_test.numpy(), data.y_test.numpy()))
+    for name, x, y in files:  # x: N x 3 x 32 x 32 uint8, already channel-major
         with open(folder / name, "wb") as f:
-            pickle.dump({"data": rows.astype(np.uint8), "labels": [int(v) for v in ys]}, f)
+            pickle.dump({"data": x.reshape(len(x), -1), "labels": y.tolist()}, f)
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
              "truck"]
     with open(folder / "batches.meta", "wb") as f:

@@ -181,8 +181,8 @@ stays unless another is ``TUNE_MARGIN`` faster, so a near tie does not flip betw
 TUNE_MARGIN = 0.9
 
 TUNED_CONV_IMPL: dict[tuple[Any, ...], str] = {}
-"""auto's choice per ``BatchedTrainer._tune_key``: timed once per process (a fused call of a
-stacked grid builds a trainer per round and finds it here)."""
+"""auto's choice per memory key (``BatchedTrainer._memory_key``) and chunk size: timed once
+per process (a fused call of a stacked grid builds a trainer per round and finds it here)."""
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 3) -> float:
@@ -317,15 +317,12 @@ class BatchedTrainer:
                                              for m in self._modules[impl]]
         return self._grads[impl, per_client][worker]
 
-    def _tune_key(self, clients: int) -> tuple[Any, ...]:
-        return (*self._memory_key(), clients)
-
     def _tune(self, inputs: _ChunkInputs, layout: ChunkLayout, worker: int) -> str:
         """auto's convolutions: the fastest of ``_conv_choices`` for one step of this chunk
         (its first, every client active; the gradient only, which is all that differs). A
         choice that runs the device out of memory is out; if all do, the error goes up and
         ``_train_group`` halves the chunk."""
-        key = self._tune_key(len(layout.client_ids))
+        key = (*self._memory_key(), len(layout.client_ids))
         if key in TUNED_CONV_IMPL:
             return TUNED_CONV_IMPL[key]
         k = layout.active[0]
