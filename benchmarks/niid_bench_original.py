@@ -16,7 +16,10 @@ setting, any arguments after ``--`` added (argparse keeps the last of a repeated
 NIID-Bench's code is not shipped with fedwsa (a checkout of github.com/Xtra-Computing/NIID-Bench,
 commit 61b901a was read) and needs scikit-learn. Its log (``WORKDIR/logs/*.log``) has one
 ``>> Global Model Test accuracy`` line per round. It trains one client at a time with its own
-data loaders: expect about 2 hours per 50-round run on a 2-core CPU.
+data loaders: expect about 3 hours per 50-round run on a 2-core CPU. When it ends (or with
+``--report``, for a run already made or still going) the script prints the accuracies in
+fedwsa's terms: final, best round, and rounds 10 / 20 / 30 / 40 (NIID-Bench's ``comm round 0``
+is fedwsa's round 1).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 import runpy
 import sys
 from collections.abc import Sequence
@@ -38,6 +42,7 @@ README_COMMAND = ["--model=simple-cnn", "--dataset=cifar10", "--alg=fedavg", "--
                   "--device=cpu", "--noise=0", "--sample=1", "--init_seed=0"]
 
 TRAIN_BATCHES = 5
+ACCURACY_LINE = re.compile(r">> Global Model Test accuracy: ([0-9.]+)")
 
 
 def write_torchvision_cifar10(npz: Path, root: Path) -> Path:
@@ -71,17 +76,47 @@ def trust_local_cifar10() -> None:
     cifar.check_integrity = lambda *args, **kwargs: True  # type: ignore[assignment]
 
 
+def logged_accuracies(workdir: Path) -> list[float]:
+    """The global model's test accuracy after each round, from NIID-Bench's log in ``workdir``
+    (its newest, if it was started more than once)."""
+    logs = sorted((workdir / "logs").glob("experiment_log-*.log"))
+    if not logs:
+        raise FileNotFoundError(f"no NIID-Bench log under {workdir / 'logs'}")
+    return [float(m.group(1)) for m in ACCURACY_LINE.finditer(logs[-1].read_text())]
+
+
+def report(accuracies: Sequence[float]) -> str:
+    """Final, best (its round) and rounds 10 / 20 / 30 / 40, in percent, rounds counted from 1."""
+    if not accuracies:
+        return "no round finished yet"
+    pct = [100 * a for a in accuracies]
+    best = max(range(len(pct)), key=pct.__getitem__)
+    marks = " / ".join(f"{pct[r - 1]:.1f}" for r in (10, 20, 30, 40) if r <= len(pct))
+    return (f"rounds {len(pct)}: final {pct[-1]:.1f}, best {pct[best]:.1f} (round {best + 1})"
+            + (f", rounds 10 / 20 / 30 / 40: {marks}" if marks else ""))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--niid-bench", required=True, type=Path,
+    parser.add_argument("--niid-bench", type=Path,
                         help="a checkout of github.com/Xtra-Computing/NIID-Bench")
-    parser.add_argument("--data-root", required=True, type=Path, help="CIFAR-10 .npz")
+    parser.add_argument("--data-root", type=Path, help="CIFAR-10 .npz")
     parser.add_argument("--workdir", required=True, type=Path,
                         help="the torchvision folder, NIID-Bench's logs and models go here")
+    parser.add_argument("--report", action="store_true",
+                        help="print the accuracies of the run in --workdir, run nothing")
     args = parser.parse_args(own)
+    if args.report:
+        try:
+            print(report(logged_accuracies(args.workdir)))
+        except FileNotFoundError as e:
+            parser.error(f"--workdir {args.workdir}: {e}")
+        return
+    if args.niid_bench is None or args.data_root is None:
+        parser.error("--niid-bench and --data-root are needed to run (only --report reads)")
     script = args.niid_bench / "experiments.py"
     if not script.is_file():
         parser.error(f"--niid-bench {args.niid_bench}: no experiments.py there")
@@ -98,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.chdir(args.niid_bench)  # it imports its own modules and reads config files from there
     sys.argv = [str(script), *command]
     runpy.run_path(str(script), run_name="__main__")
+    print(report(logged_accuracies(workdir)), flush=True)
 
 
 if __name__ == "__main__":

@@ -243,3 +243,23 @@ def test_niid_bench_original_writes_cifar10_as_torchvision_reads_it(
         read = cifar.CIFAR10(str(tmp_path / "root"), train=train, download=False)
         assert np.array_equal(read.data, x) and read.targets == y.tolist()
         assert read.classes[0] == "airplane" and len(read.classes) == 10
+
+
+def test_niid_bench_original_reports_its_log_in_fedwsa_rounds(tmp_path: Path) -> None:
+    """The script reads NIID-Bench's per-round accuracy lines from its newest log and reports
+    them as fedwsa does: rounds counted from 1 (NIID-Bench's ``comm round 0`` is round 1)."""
+    original = load_benchmark("niid_bench_original")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    accuracies = [0.1 + 0.01 * r for r in range(45)]
+    accuracies[29] = 0.9  # round 30 is the best
+    lines = ["12-06 02:46 INFO     in comm round:0"]
+    lines += [f"12-06 02:50 INFO     >> Global Model Test accuracy: {a:f}" for a in accuracies]
+    (logs / "experiment_log-2026-12-06-02:46-53.log").write_text("\n".join(lines))
+    (logs / "experiment_log-2026-12-05-01:00-00.log").write_text(lines[1])  # older: ignored
+    read = original.logged_accuracies(tmp_path)
+    assert read == pytest.approx(accuracies, abs=1e-6)
+    assert original.report(read) == ("rounds 45: final 54.0, best 90.0 (round 30), "
+                                      "rounds 10 / 20 / 30 / 40: 19.0 / 29.0 / 90.0 / 49.0")
+    assert original.report(read[:3]) == "rounds 3: final 12.0, best 12.0 (round 3)"
+    assert original.report([]) == "no round finished yet"
