@@ -25,6 +25,7 @@ is fedwsa's round 1).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pickle
 import re
@@ -76,6 +77,35 @@ def trust_local_cifar10() -> None:
     cifar.check_integrity = lambda *args, **kwargs: True  # type: ignore[assignment]
 
 
+def compare_splits(niid_bench: Path, data_dir: Path, labels: np.ndarray,
+                   seeds: Sequence[int]) -> dict[int, bool]:
+    """Per seed, whether NIID-Bench's own ``utils.partition_data`` (seeded as ``experiments.py
+    --init_seed=seed`` seeds it) gives fedwsa's client sets for the benchmark's split
+    (``grids/niid-bench.toml``: 10 clients, Dirichlet 0.5, at least 10 examples each)."""
+    from fedwsa.partitions.methods import partition_labels
+
+    spec = importlib.util.spec_from_file_location("niid_bench_utils", niid_bench / "utils.py")
+    assert spec is not None and spec.loader is not None
+    utils = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(niid_bench.resolve()))  # its utils imports its other modules
+    try:
+        spec.loader.exec_module(utils)
+    finally:
+        sys.path.remove(str(niid_bench.resolve()))
+
+    same = {}
+    for seed in seeds:
+        np.random.seed(seed)
+        _, y, _, _, theirs, _ = utils.partition_data("cifar10", f"{data_dir}/", f"{data_dir}/",
+                                                     "noniid-labeldir", 10, beta=0.5)
+        if not np.array_equal(np.asarray(y), labels):
+            raise ValueError("NIID-Bench read other labels than fedwsa's loader")
+        ours = partition_labels(labels, 10, "dirichlet", alpha=0.5, min_partition_size=10,
+                                seed=seed, rng="niid-bench")
+        same[seed] = all(np.array_equal(np.sort(theirs[c]), ours[c]) for c in range(10))
+    return same
+
+
 def logged_accuracies(workdir: Path) -> list[float]:
     """The global model's test accuracy after each round, from NIID-Bench's log in ``workdir``
     (its newest, if it was started more than once)."""
@@ -108,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="the torchvision folder, NIID-Bench's logs and models go here")
     parser.add_argument("--report", action="store_true",
                         help="print the accuracies of the run in --workdir, run nothing")
+    parser.add_argument("--compare-splits", metavar="SEEDS",
+                        help="comma-separated seeds: check that NIID-Bench's own partition code "
+                             "gives fedwsa's client sets for each, train nothing")
     args = parser.parse_args(own)
     if args.report:
         try:
@@ -117,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.niid_bench is None or args.data_root is None:
         parser.error("--niid-bench and --data-root are needed to run (only --report reads)")
+    try:
+        seeds = [int(s) for s in args.compare_splits.split(",")] if args.compare_splits else []
+    except ValueError:
+        parser.error(f"--compare-splits {args.compare_splits!r}: expected seeds like 0,1,2")
     script = args.niid_bench / "experiments.py"
     if not script.is_file():
         parser.error(f"--niid-bench {args.niid_bench}: no experiments.py there")
@@ -126,6 +163,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     data_dir = workdir / "data"
     write_torchvision_cifar10(args.data_root, data_dir)
     trust_local_cifar10()
+    if seeds:
+        from fedwsa.data import load_dataset
+
+        labels = load_dataset("cifar10", str(args.data_root), seed=0).y_train.numpy()
+        for seed, same in compare_splits(args.niid_bench, data_dir, labels, seeds).items():
+            print(f"seed {seed}: {'the same client sets' if same else 'DIFFERENT client sets'}")
+        return
     command = [*README_COMMAND, f"--datadir={data_dir}/", f"--logdir={workdir / 'logs'}/",
                f"--modeldir={workdir / 'models'}/", *extra]
     print("experiments.py " + " ".join(command), flush=True)

@@ -263,3 +263,31 @@ def test_niid_bench_original_reports_its_log_in_fedwsa_rounds(tmp_path: Path) ->
                                       "rounds 10 / 20 / 30 / 40: 19.0 / 29.0 / 90.0 / 49.0")
     assert original.report(read[:3]) == "rounds 3: final 12.0, best 12.0 (round 3)"
     assert original.report([]) == "no round finished yet"
+
+
+def test_niid_bench_original_compares_splits_seed_by_seed(tmp_path: Path) -> None:
+    """``--compare-splits`` seeds NumPy's global generator as ``experiments.py`` does, calls
+    NIID-Bench's ``utils.partition_data`` and compares its client sets, in any order, with
+    fedwsa's: here a stand-in ``utils.py`` gives fedwsa's sets shuffled for seed 0 (the same)
+    and moves one example for seed 1 (different)."""
+    import numpy as np
+
+    original = load_benchmark("niid_bench_original")
+    labels = np.arange(600) % 10
+    np.save(tmp_path / "labels.npy", labels)
+    (tmp_path / "utils.py").write_text(f'''
+import numpy as np
+from fedwsa.partitions.methods import partition_labels
+def partition_data(dataset, datadir, logdir, partition, n_parties, beta=0.4):
+    assert (dataset, partition, n_parties, beta) == ("cifar10", "noniid-labeldir", 10, 0.5)
+    seed = {{np.random.RandomState(s).randint(1 << 30): s for s in range(2)}}[
+        np.random.randint(1 << 30)]  # which seed np.random.seed was given
+    y = np.load({str(tmp_path / "labels.npy")!r})
+    parts = partition_labels(y, 10, "dirichlet", alpha=0.5, seed=seed, rng="niid-bench")
+    sets = {{c: np.random.permutation(p) for c, p in enumerate(parts)}}
+    if seed == 1:
+        sets[0], sets[1] = sets[0][1:], np.append(sets[1], sets[0][0])
+    return None, y, None, None, sets, None
+''')
+    assert original.compare_splits(tmp_path, tmp_path, labels, [0, 1]) == {0: True, 1: False}
+    assert str(tmp_path) not in sys.path  # its folder is off the path again
