@@ -291,3 +291,16 @@ def partition_data(dataset, datadir, logdir, partition, n_parties, beta=0.4):
 ''')
     assert original.compare_splits(tmp_path, tmp_path, labels, [0, 1]) == {0: True, 1: False}
     assert str(tmp_path) not in sys.path  # its folder is off the path again
+
+
+def test_niid_bench_original_loader_workers_apply_to_loaders_made_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--loader-workers N`` makes NIID-Bench's loaders (``data.DataLoader(...)``, no worker
+    count given) use N processes; a count the caller gives is kept."""
+    from torch.utils import data
+
+    original = load_benchmark("niid_bench_original")
+    monkeypatch.setattr(data, "DataLoader", data.DataLoader)  # restored after the test
+    original.load_in_workers(2)
+    assert data.DataLoader(list(range(4)), batch_size=2).num_workers == 2
+    assert data.DataLoader(list(range(4)), num_workers=0).num_workers == 0
