@@ -16,7 +16,7 @@ setting, any arguments after ``--`` added (argparse keeps the last of a repeated
 NIID-Bench's code is not shipped with fedwsa (a checkout of github.com/Xtra-Computing/NIID-Bench,
 commit 61b901a was read) and needs scikit-learn. Its log (``WORKDIR/logs/*.log``) has one
 ``>> Global Model Test accuracy`` line per round. It trains one client at a time with its own
-data loaders: expect about 3 hours per 50-round run on a 2-core CPU, 2.5 with
+data loaders: expect about 2.8 hours per 50-round run on a 2-core CPU, 2.4 with
 ``--loader-workers 1`` and ``OMP_NUM_THREADS=1``. When it ends (or with
 ``--report``, for a run already made or still going) the script prints the accuracies in
 fedwsa's terms: final, best round, and rounds 10 / 20 / 30 / 40 (NIID-Bench's ``comm round 0``
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import multiprocessing
 import os
 import pickle
 import re
@@ -80,9 +81,11 @@ def trust_local_cifar10() -> None:
 
 def compare_splits(niid_bench: Path, data_dir: Path, labels: np.ndarray,
                    seeds: Sequence[int]) -> dict[int, bool]:
-    """Per seed, whether NIID-Bench's own ``utils.partition_data`` (seeded as ``experiments.py
-    --init_seed=seed`` seeds it) gives fedwsa's client sets for the benchmark's split
-    (``grids/niid-bench.toml``: 10 clients, Dirichlet 0.5, at least 10 examples each)."""
+    """Per seed, whether NIID-Bench's own ``utils.partition_data`` gives fedwsa's client sets
+    for the benchmark's split (``grids/niid-bench.toml``: 10 clients, Dirichlet 0.5, at least 10
+    examples each). Its ``noniid-labeldir`` draws come from NumPy's global generator only, which
+    ``experiments.py --init_seed=seed`` seeds with ``np.random.seed(seed)`` just before; that
+    generator's state is restored afterwards."""
     from fedwsa.partitions.methods import partition_labels
 
     spec = importlib.util.spec_from_file_location("niid_bench_utils", niid_bench / "utils.py")
@@ -94,50 +97,61 @@ def compare_splits(niid_bench: Path, data_dir: Path, labels: np.ndarray,
     finally:
         sys.path.remove(str(niid_bench.resolve()))
 
-    same = {}
-    for seed in seeds:
-        np.random.seed(seed)
-        _, y, _, _, theirs, _ = utils.partition_data("cifar10", f"{data_dir}/", f"{data_dir}/",
-                                                     "noniid-labeldir", 10, beta=0.5)
-        if not np.array_equal(np.asarray(y), labels):
-            raise ValueError("NIID-Bench read other labels than fedwsa's loader")
-        ours = partition_labels(labels, 10, "dirichlet", alpha=0.5, min_partition_size=10,
-                                seed=seed, rng="niid-bench")
-        same[seed] = all(np.array_equal(np.sort(theirs[c]), ours[c]) for c in range(10))
+    same, state = {}, np.random.get_state()
+    try:
+        for seed in seeds:
+            np.random.seed(seed)
+            _, y, _, _, theirs, _ = utils.partition_data(
+                "cifar10", f"{data_dir}/", f"{data_dir}/", "noniid-labeldir", 10, beta=0.5)
+            if not np.array_equal(np.asarray(y), labels):
+                raise ValueError("NIID-Bench read other labels than fedwsa's loader")
+            ours = partition_labels(labels, 10, "dirichlet", alpha=0.5, min_partition_size=10,
+                                    seed=seed, rng="niid-bench")
+            same[seed] = all(np.array_equal(np.sort(theirs[c]), ours[c]) for c in range(10))
+    finally:
+        np.random.set_state(state)
     return same
 
 
 def logged_accuracies(workdir: Path) -> list[float]:
     """The global model's test accuracy after each round, from NIID-Bench's log in ``workdir``
-    (its newest, if it was started more than once)."""
-    logs = sorted((workdir / "logs").glob("experiment_log-*.log"))
+    (the newest, if it was started more than once)."""
+    logs = sorted((workdir / "logs").glob("*.log"), key=lambda f: f.stat().st_mtime)
     if not logs:
         raise FileNotFoundError(f"no NIID-Bench log under {workdir / 'logs'}")
     return [float(m.group(1)) for m in ACCURACY_LINE.finditer(logs[-1].read_text())]
 
 
 def report(accuracies: Sequence[float]) -> str:
-    """Final, best (its round) and rounds 10 / 20 / 30 / 40, in percent, rounds counted from 1."""
+    """Final, best (its round) and rounds 10 / 20 / 30 / 40 (those reached), in percent, rounds
+    counted from 1."""
     if not accuracies:
         return "no round finished yet"
     pct = [100 * a for a in accuracies]
     best = max(range(len(pct)), key=pct.__getitem__)
-    marks = " / ".join(f"{pct[r - 1]:.1f}" for r in (10, 20, 30, 40) if r <= len(pct))
-    return (f"rounds {len(pct)}: final {pct[-1]:.1f}, best {pct[best]:.1f} (round {best + 1})"
-            + (f", rounds 10 / 20 / 30 / 40: {marks}" if marks else ""))
+    marks = [r for r in (10, 20, 30, 40) if r <= len(pct)]
+    text = f"rounds {len(pct)}: final {pct[-1]:.1f}, best {pct[best]:.1f} (round {best + 1})"
+    if marks:
+        text += (f", rounds {' / '.join(map(str, marks))}: "
+                 + " / ".join(f"{pct[r - 1]:.1f}" for r in marks))
+    return text
 
 
 def load_in_workers(workers: int) -> None:
     """NIID-Bench's data loaders, made from now on, prepare batches in ``workers`` processes
     (its own code uses none). Its PIL transforms take more time than its training on a CPU:
-    with one worker beside a one-thread training a round took 2.9 minutes on 2 cores instead of
-    3.3. The draws (shuffles, crops, flips) then come from the workers' own seeded generators:
-    other draws of the same distributions."""
+    with one worker and a one-thread training (``OMP_NUM_THREADS=1``) a round took 2.9 minutes
+    on 2 cores, against 3.3 with no worker and torch's default two threads. The draws (shuffles,
+    crops, flips) then come from the workers' own seeded generators: other draws of the same
+    distributions. Workers are forked: its transforms hold a lambda, which cannot be pickled
+    for a spawned worker."""
     from torch.utils import data
 
     class Loader(data.DataLoader):  # type: ignore[type-arg]
         def __init__(self, *args: object, **kwargs: object) -> None:
             kwargs.setdefault("num_workers", workers)
+            if kwargs["num_workers"]:
+                kwargs.setdefault("multiprocessing_context", "fork")
             super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     data.DataLoader = Loader  # type: ignore[misc]
@@ -159,8 +173,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="processes that prepare NIID-Bench's batches (its own code: 0)")
     parser.add_argument("--compare-splits", metavar="SEEDS",
                         help="comma-separated seeds: check that NIID-Bench's own partition code "
-                             "gives fedwsa's client sets for each, train nothing")
+                             "gives fedwsa's client sets for each, train nothing (the "
+                             "torchvision folder, 180 MB, is still written under --workdir)")
     args = parser.parse_args(own)
+    if args.loader_workers < 0:
+        parser.error(f"--loader-workers {args.loader_workers}: expected 0 or more")
+    if args.loader_workers and "fork" not in multiprocessing.get_all_start_methods():
+        parser.error("--loader-workers needs forked processes, which this system lacks")
+    if (args.report or args.compare_splits is not None) and (extra or args.loader_workers):
+        parser.error("--report and --compare-splits train nothing: drop --loader-workers and "
+                     "the arguments after --")
+    owned = [a for a in extra if a.split("=")[0] in ("--datadir", "--logdir", "--modeldir")]
+    if owned:
+        parser.error(f"{owned[0]}: this script sets NIID-Bench's folders under --workdir")
     if args.report:
         try:
             print(report(logged_accuracies(args.workdir)))
@@ -169,10 +194,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.niid_bench is None or args.data_root is None:
         parser.error("--niid-bench and --data-root are needed to run (only --report reads)")
-    try:
-        seeds = [int(s) for s in args.compare_splits.split(",")] if args.compare_splits else []
-    except ValueError:
-        parser.error(f"--compare-splits {args.compare_splits!r}: expected seeds like 0,1,2")
+    seeds = []
+    if args.compare_splits is not None:
+        try:
+            seeds = [int(s) for s in args.compare_splits.split(",")]
+        except ValueError:
+            seeds = []
+        if not seeds or not all(0 <= s < 2**32 for s in seeds):
+            parser.error(f"--compare-splits {args.compare_splits!r}: expected seeds from 0 to "
+                         "2**32 - 1 like 0,1,2")
     script = args.niid_bench / "experiments.py"
     if not script.is_file():
         parser.error(f"--niid-bench {args.niid_bench}: no experiments.py there")
@@ -198,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.chdir(args.niid_bench)  # it imports its own modules and reads config files from there
     sys.argv = [str(script), *command]
     runpy.run_path(str(script), run_name="__main__")
-    print(report(logged_accuracies(workdir)), flush=True)
+    print(report(logged_accuracies(workdir)), flush=True)  # its log is in workdir/logs
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -256,20 +257,25 @@ def test_niid_bench_original_reports_its_log_in_fedwsa_rounds(tmp_path: Path) ->
     lines = ["12-06 02:46 INFO     in comm round:0"]
     lines += [f"12-06 02:50 INFO     >> Global Model Test accuracy: {a:f}" for a in accuracies]
     (logs / "experiment_log-2026-12-06-02:46-53.log").write_text("\n".join(lines))
-    (logs / "experiment_log-2026-12-05-01:00-00.log").write_text(lines[1])  # older: ignored
+    older = logs / "experiment_log-2026-12-05-01:00-00.log"
+    older.write_text(lines[1])
+    os.utime(older, (0, 0))  # written before: ignored
     read = original.logged_accuracies(tmp_path)
     assert read == pytest.approx(accuracies, abs=1e-6)
     assert original.report(read) == ("rounds 45: final 54.0, best 90.0 (round 30), "
                                       "rounds 10 / 20 / 30 / 40: 19.0 / 29.0 / 90.0 / 49.0")
     assert original.report(read[:3]) == "rounds 3: final 12.0, best 12.0 (round 3)"
+    assert original.report(read[:25]) == ("rounds 25: final 34.0, best 34.0 (round 25), "
+                                          "rounds 10 / 20: 19.0 / 29.0")
     assert original.report([]) == "no round finished yet"
 
 
 def test_niid_bench_original_compares_splits_seed_by_seed(tmp_path: Path) -> None:
     """``--compare-splits`` seeds NumPy's global generator as ``experiments.py`` does, calls
     NIID-Bench's ``utils.partition_data`` and compares its client sets, in any order, with
-    fedwsa's: here a stand-in ``utils.py`` gives fedwsa's sets shuffled for seed 0 (the same)
-    and moves one example for seed 1 (different)."""
+    fedwsa's for the same seed: here a stand-in ``utils.py`` gives fedwsa's sets shuffled for
+    seeds 0 and 2 (the same) and swaps one example between two clients for seed 1 (different,
+    sizes equal). Other labels than fedwsa's are refused; NumPy's global state is restored."""
     import numpy as np
 
     original = load_benchmark("niid_bench_original")
@@ -280,27 +286,35 @@ import numpy as np
 from fedwsa.partitions.methods import partition_labels
 def partition_data(dataset, datadir, logdir, partition, n_parties, beta=0.4):
     assert (dataset, partition, n_parties, beta) == ("cifar10", "noniid-labeldir", 10, 0.5)
-    seed = {{np.random.RandomState(s).randint(1 << 30): s for s in range(2)}}[
+    seed = {{np.random.RandomState(s).randint(1 << 30): s for s in range(3)}}[
         np.random.randint(1 << 30)]  # which seed np.random.seed was given
     y = np.load({str(tmp_path / "labels.npy")!r})
     parts = partition_labels(y, 10, "dirichlet", alpha=0.5, seed=seed, rng="niid-bench")
     sets = {{c: np.random.permutation(p) for c, p in enumerate(parts)}}
     if seed == 1:
-        sets[0], sets[1] = sets[0][1:], np.append(sets[1], sets[0][0])
+        sets[0][0], sets[1][0] = sets[1][0], sets[0][0]
     return None, y, None, None, sets, None
 ''')
-    assert original.compare_splits(tmp_path, tmp_path, labels, [0, 1]) == {0: True, 1: False}
+    np.random.seed(123)
+    expected_next = np.random.RandomState(123).randint(1 << 30)
+    assert original.compare_splits(tmp_path, tmp_path, labels, [0, 1, 2]) == {
+        0: True, 1: False, 2: True}
+    assert np.random.randint(1 << 30) == expected_next
     assert str(tmp_path) not in sys.path  # its folder is off the path again
+    with pytest.raises(ValueError, match="other labels"):
+        original.compare_splits(tmp_path, tmp_path, labels[::-1], [0])
 
 
 def test_niid_bench_original_loader_workers_apply_to_loaders_made_after(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """``--loader-workers N`` makes NIID-Bench's loaders (``data.DataLoader(...)``, no worker
-    count given) use N processes; a count the caller gives is kept."""
+    count given) use N forked processes; a count the caller gives is kept."""
     from torch.utils import data
 
     original = load_benchmark("niid_bench_original")
     monkeypatch.setattr(data, "DataLoader", data.DataLoader)  # restored after the test
     original.load_in_workers(2)
-    assert data.DataLoader(list(range(4)), batch_size=2).num_workers == 2
+    loader = data.DataLoader(list(range(4)), batch_size=2)
+    assert loader.num_workers == 2 and loader.multiprocessing_context.get_start_method() == "fork"
+    assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]
     assert data.DataLoader(list(range(4)), num_workers=0).num_workers == 0
