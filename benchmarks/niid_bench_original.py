@@ -48,10 +48,11 @@ TRAIN_BATCHES = 5
 ACCURACY_LINE = re.compile(r">> Global Model Test accuracy: ([0-9.]+)")
 
 
-def write_torchvision_cifar10(npz: Path, root: Path) -> Path:
+def write_torchvision_cifar10(npz: Path, root: Path) -> np.ndarray:
     """``npz`` as torchvision's ``root/cifar-10-batches-py``: five train batches, the test batch
     and the meta file, rows of 3072 bytes in channel-major order, as the original archive
-    stores them. fedwsa's own loader reads (and checks) the ``.npz`` first."""
+    stores them. fedwsa's own loader reads (and checks) the ``.npz`` first. Returns the train
+    labels as fedwsa's loader gives them."""
     from fedwsa.data import load_dataset
 
     data = load_dataset("cifar10", str(npz), seed=0)
@@ -68,7 +69,7 @@ def write_torchvision_cifar10(npz: Path, root: Path) -> Path:
              "truck"]
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": names}, f)
-    return folder
+    return data.y_train.numpy()
 
 
 def trust_local_cifar10() -> None:
@@ -210,12 +211,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--data-root {args.data_root}: not a file")
     workdir = args.workdir.resolve()
     data_dir = workdir / "data"
-    write_torchvision_cifar10(args.data_root, data_dir)
+    labels = write_torchvision_cifar10(args.data_root, data_dir)
     trust_local_cifar10()
     if seeds:
-        from fedwsa.data import load_dataset
-
-        labels = load_dataset("cifar10", str(args.data_root), seed=0).y_train.numpy()
         for seed, same in compare_splits(args.niid_bench, data_dir, labels, seeds).items():
             print(f"seed {seed}: {'the same client sets' if same else 'DIFFERENT client sets'}")
         return
