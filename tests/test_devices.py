@@ -437,14 +437,14 @@ def cohort_task(global_params: dict[str, Tensor], fused: bool) -> tuple[list[Cli
     terms, shared, per_client = terms_and_inputs(global_params)
     if not fused:
         return terms, CohortTask(1, [0, 1, 2], global_params, ClientInputs(shared, per_client))
-    rows = {n: torch.stack([v] * K) for n, v in shared.items()}
     hyper = {"neg-lr": torch.tensor([-0.05, -0.1, -0.02]),
              "momentum": torch.tensor([0.9, 0.0, 0.5]),
              "weight-decay": torch.tensor([1e-3, 0.0, 1e-4])}
     return terms, CohortTask(1, [0, 1, 2], global_params, ClientInputs(per_client=per_client),
-                             start_params={n: torch.stack([v] * K)
-                                           for n, v in global_params.items()},
-                             shared_rows=rows, hyper_rows=hyper)
+                             run_params={n: torch.stack([v] * 2)
+                                         for n, v in global_params.items()},
+                             run_shared={n: torch.stack([v] * 2) for n, v in shared.items()},
+                             run_of=(0, 1, 1), hyper_rows=hyper)
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -63,6 +63,25 @@ def count_fused_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def record_batched_tasks(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Per joint call: its clients, the rows of its runs' models and shared inputs, and each
+    client's run."""
+    from fedwsa.clients.batched import BatchedTrainer
+
+    tasks: list[tuple] = []
+    real = BatchedTrainer.train
+
+    def recording(self, task):  # type: ignore[no-untyped-def]
+        if task.run_params is not None:
+            tasks.append((len(task.client_ids),
+                          *{len(v) for v in task.run_params.values()},
+                          *{len(v) for v in task.run_shared.values()}, task.run_of))
+        return real(self, task)
+
+    monkeypatch.setattr(BatchedTrainer, "train", recording)
+    return tasks
+
+
 def test_stacked_grid_equals_running_the_cells_one_by_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
     """2 strategies (other client objectives, other server optimisers) x 2 seeds x 2 lr.
@@ -108,12 +127,15 @@ def test_cells_that_train_alike_share_one_batched_call_and_equal_one_by_one(
     runs differ in their partition (alpha) instead: runs of other seeds of it cannot share a
     train set."""
     calls = count_fused_calls(monkeypatch)
+    tasks = record_batched_tasks(monkeypatch)
     strategies = ["fedavg", "fednova", {"strategy": "fedavg", "server-opt": "adam"},
                   {"strategy": "fedprox", "prox-mu": 0.1}, {"strategy": "fedwsa", "wsa-beta": 0.3},
                   "scaffold"]
     stacked, single = run_both(tmp_path, strategies, [0], {"alpha": [0.3, 1.0]},
                                {"num-server-rounds": 3})
     assert calls == [12] * 3 * 2  # 3 rounds x 2 nodes
+    # Each joint call holds every run's model and shared inputs once, not once per client.
+    assert tasks == [(24, 12, 12, tuple(r for r in range(12) for _ in range(2)))] * 6
     names = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
     assert len(names) == 12
     for name in names:
@@ -390,3 +412,19 @@ def test_a_sigkilled_stacked_grid_resumes_every_cell(tmp_path: Path) -> None:
     assert "to resume" in again.stderr
     for run in sorted(ref.glob("*_seed=*")):
         assert rows(exp / run.name) == rows(run), run.name
+
+
+def test_a_task_of_several_runs_names_each_clients_run() -> None:
+    """Per-run rows without each client's run (or with too few entries) would pair clients with
+    the wrong model: refused when the task is built."""
+    import torch
+
+    from fedwsa.clients.trainer import CohortTask
+
+    models = {"w": torch.zeros(2, 3)}
+    with pytest.raises(ValueError, match="run_params and run_of"):
+        CohortTask(1, [0, 1], {"w": torch.zeros(3)}, run_params=models)
+    with pytest.raises(ValueError, match="run_of has 1 entries for 2 clients"):
+        CohortTask(1, [0, 1], {"w": torch.zeros(3)}, run_params=models, run_of=(0,))
+    task = CohortTask(1, [0, 1, 2], {"w": torch.zeros(3)}, run_params=models, run_of=(0, 1, 1))
+    assert task.subset([2, 0]).run_of == (1, 0)

@@ -459,13 +459,14 @@ class BatchedTrainer:
         def pick(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return take_rows(arrays, rows, dev)
 
-        own = term_inputs(self.terms, pick(rnd.per_client), self.data.device)
+        own = term_inputs(self.terms, pick(rnd.per_client), dev)
         task = rnd.task
-        if task.start_params is None:
+        if task.run_params is None or task.run_of is None:
             return _ChunkInputs(rnd.global_params, rnd.shared, own, False)
-        shared = term_inputs(self.terms, pick(task.shared_rows or {}), self.data.device)
+        runs = [task.run_of[r] for r in rows]  # each client's row of its run's arrays
+        shared = term_inputs(self.terms, take_rows(task.run_shared or {}, runs, dev), dev)
         hyper = None if task.hyper_rows is None else pick(task.hyper_rows)
-        return _ChunkInputs(pick(task.start_params), shared, own, True, hyper)
+        return _ChunkInputs(take_rows(task.run_params, runs, dev), shared, own, True, hyper)
 
     def _outputs(self, inputs: _ChunkInputs, params: dict[str, torch.Tensor],
                  steps: torch.Tensor) -> dict[str, torch.Tensor]:

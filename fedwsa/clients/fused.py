@@ -157,7 +157,7 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
     partitions: list[torch.Tensor] = []
     streams: list[tuple[int, int]] = []
     owner: list[tuple[int, int]] = []  # virtual id -> (run, client id)
-    starts: dict[str, list[torch.Tensor]] = {}
+    starts: dict[str, list[torch.Tensor]] = {}  # per run, not per client (CohortTask.run_of)
     shared: dict[str, list[torch.Tensor]] = {}
     own: dict[str, list[torch.Tensor]] = {}
     for r, ((request, config), data) in enumerate(zip(runs, datas, strict=True)):
@@ -169,14 +169,15 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
         for idle_shared, idle_own in lacking:
             run_shared.update(idle_shared)
             same_own.update(idle_own)
+        for arrays, rows in ((request.global_params, starts), (run_shared, shared)):
+            for n, v in arrays.items():
+                rows.setdefault(n, []).append(v)
         for k, cid in enumerate(request.client_ids):
             owner.append((r, cid))
             partitions.append(data.partitions[cid])
             streams.append((config.seed, cid))
-            for arrays, rows in ((request.global_params, starts), (run_shared, shared),
-                                 (same_own, own)):
-                for n, v in arrays.items():
-                    rows.setdefault(n, []).append(v)
+            for n, v in same_own.items():
+                own.setdefault(n, []).append(v)
             for n, v in request.per_client.items():
                 own.setdefault(n, []).append(v[k])
     fused = NodeData(first.device, first.images, first.labels, first.mean, first.std,
@@ -188,7 +189,10 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
     trainer = build_trainer(lead, fused, client_epochs=None if len(set(epochs)) == 1 else
                             tuple(epochs[r] for r, _ in owner), terms=list(union.values()))
 
-    def stacked(rows: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def stacked(rows: dict[str, list[torch.Tensor]], count: int) -> dict[str, torch.Tensor]:
+        short = [n for n, v in rows.items() if len(v) != count]
+        if short:  # a row per run (or client) or the rows would pair with the wrong one
+            raise ValueError(f"inputs {short} are missing for some of the fused runs' clients")
         return {n: torch.stack(v) for n, v in rows.items()}
 
     hyper: dict[str, torch.Tensor] | None = None
@@ -200,8 +204,10 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
         hyper["neg-lr"] = -hyper["neg-lr"]
     request0 = runs[0][0]
     task = CohortTask(request0.server_round, list(range(len(owner))), request0.global_params,
-                      ClientInputs(per_client=stacked(own)), start_params=stacked(starts),
-                      shared_rows=stacked(shared), hyper_rows=hyper)
+                      ClientInputs(per_client=stacked(own, len(owner))),
+                      run_params=stacked(starts, len(runs)),
+                      run_shared=stacked(shared, len(runs)), run_of=tuple(r for r, _ in owner),
+                      hyper_rows=hyper)
     result = trainer.train(task).finite_only()
     rows = {owner[row.client_id]: row for row in result.rows()}
     replies = []

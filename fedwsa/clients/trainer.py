@@ -54,16 +54,27 @@ class CohortTask:
     client_ids: list[int]
     global_params: dict[str, torch.Tensor]
     inputs: ClientInputs = field(default_factory=ClientInputs)
-    # When clients of several runs train together (``fedwsa.clients.fused``): each client's
-    # starting weights (its run's global model) and its run's shared inputs, as rows stacked in
-    # client_ids order; the terms then see both per client. None: every client starts from
+    # When clients of several runs train together (``fedwsa.clients.fused``): each run's
+    # global model and shared inputs stacked along a leading run axis, and each client's run
+    # (its row there) in client_ids order; the terms then see both per client. Stacked per run,
+    # not per client, so a run's model is held once however many of its clients train (a grid
+    # of ResNet-18 runs, 45 MB a model, would otherwise stack one copy per client on the host);
+    # the trainer gathers a chunk's rows on the device. None: every client starts from
     # ``global_params`` and the shared inputs are ``inputs.shared``. Only the batched trainer
     # takes them.
-    start_params: dict[str, torch.Tensor] | None = None
-    shared_rows: dict[str, torch.Tensor] | None = None
+    run_params: dict[str, torch.Tensor] | None = None
+    run_shared: dict[str, torch.Tensor] | None = None
+    run_of: tuple[int, ...] | None = None
     # Each client's local SGD ``lr``, ``momentum`` and ``weight-decay`` ([clients] each), when
     # fused runs differ in them; None: the trainer's ``LocalSettings`` for every client.
     hyper_rows: dict[str, torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.run_params is None) != (self.run_of is None):
+            raise ValueError("run_params and run_of come together (clients of several runs)")
+        if self.run_of is not None and len(self.run_of) != len(self.client_ids):
+            raise ValueError(f"run_of has {len(self.run_of)} entries for "
+                             f"{len(self.client_ids)} clients")
 
     def subset(self, client_ids: Sequence[int]) -> CohortTask:
         """The same task for some of its clients (their rows of the per-client inputs)."""
@@ -73,9 +84,10 @@ class CohortTask:
         def pick(arrays: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
             return None if arrays is None else take_rows(arrays, rows)
 
+        run_of = None if self.run_of is None else tuple(self.run_of[i] for i in rows)
         return CohortTask(self.server_round, list(client_ids), self.global_params,
-                          self.inputs.rows(rows), pick(self.start_params),
-                          pick(self.shared_rows), pick(self.hyper_rows))
+                          self.inputs.rows(rows), self.run_params, self.run_shared, run_of,
+                          pick(self.hyper_rows))
 
 
 def term_inputs(terms: Sequence[ClientTerm], arrays: dict[str, torch.Tensor],
