@@ -229,6 +229,10 @@ class _Round:
     # (on the CPU: only a chunk's rows go to the device, so a model-sized per-client input,
     # e.g. SCAFFOLD's c - c_i, costs a chunk's worth of GPU memory, not the cohort's)
     row: dict[int, int]                  # client id -> its row
+    # Clients of several runs: each run's model and shared inputs, one row per run, moved to
+    # the device once per call (a chunk's rows are gathered there, not on the host).
+    run_params: dict[str, torch.Tensor] | None = None
+    run_shared: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -371,10 +375,15 @@ class BatchedTrainer:
     def _round(self, task: CohortTask) -> _Round:
         """What the chunks of ``task`` share: the global model and shared inputs on the device."""
         dev = self.data.device
+
+        def on_device(arrays: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+            return None if arrays is None else {n: v.to(dev) for n, v in arrays.items()}
+
         return _Round(task, {n: v.to(dev) for n, v in task.global_params.items()},
                       term_inputs(self.terms, task.inputs.shared, dev),
                       dict(task.inputs.per_client),
-                      {c: i for i, c in enumerate(task.client_ids)})
+                      {c: i for i, c in enumerate(task.client_ids)},
+                      on_device(task.run_params), on_device(task.run_shared or {}))
 
     def train(self, task: CohortTask) -> CohortResult:
         sizes = {c: self.data.client_size(c) for c in task.client_ids}
@@ -461,12 +470,12 @@ class BatchedTrainer:
 
         own = term_inputs(self.terms, pick(rnd.per_client), dev)
         task = rnd.task
-        if task.run_params is None or task.run_of is None:
+        if rnd.run_params is None or task.run_of is None:
             return _ChunkInputs(rnd.global_params, rnd.shared, own, False)
         runs = [task.run_of[r] for r in rows]  # each client's row of its run's arrays
-        shared = term_inputs(self.terms, take_rows(task.run_shared or {}, runs, dev), dev)
+        shared = term_inputs(self.terms, take_rows(rnd.run_shared or {}, runs), dev)
         hyper = None if task.hyper_rows is None else pick(task.hyper_rows)
-        return _ChunkInputs(take_rows(task.run_params, runs, dev), shared, own, True, hyper)
+        return _ChunkInputs(take_rows(rnd.run_params, runs), shared, own, True, hyper)
 
     def _outputs(self, inputs: _ChunkInputs, params: dict[str, torch.Tensor],
                  steps: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -59,9 +59,9 @@ class CohortTask:
     # (its row there) in client_ids order; the terms then see both per client. Stacked per run,
     # not per client, so a run's model is held once however many of its clients train (a grid
     # of ResNet-18 runs, 45 MB a model, would otherwise stack one copy per client on the host);
-    # the trainer gathers a chunk's rows on the device. None: every client starts from
-    # ``global_params`` and the shared inputs are ``inputs.shared``. Only the batched trainer
-    # takes them.
+    # the trainer moves them to its device once and gathers a chunk's rows there. None: every
+    # client starts from ``global_params`` and the shared inputs are ``inputs.shared``. Only
+    # the batched trainer takes them.
     run_params: dict[str, torch.Tensor] | None = None
     run_shared: dict[str, torch.Tensor] | None = None
     run_of: tuple[int, ...] | None = None
