@@ -383,7 +383,7 @@ class BatchedTrainer:
                       term_inputs(self.terms, task.inputs.shared, dev),
                       dict(task.inputs.per_client),
                       {c: i for i, c in enumerate(task.client_ids)},
-                      on_device(task.run_params), on_device(task.run_shared or {}))
+                      on_device(task.run_params), on_device(task.run_shared))
 
     def train(self, task: CohortTask) -> CohortResult:
         sizes = {c: self.data.client_size(c) for c in task.client_ids}
