@@ -437,14 +437,13 @@ def cohort_task(global_params: dict[str, Tensor], fused: bool) -> tuple[list[Cli
     terms, shared, per_client = terms_and_inputs(global_params)
     if not fused:
         return terms, CohortTask(1, [0, 1, 2], global_params, ClientInputs(shared, per_client))
-    hyper = {"neg-lr": torch.tensor([-0.05, -0.1, -0.02]),
-             "momentum": torch.tensor([0.9, 0.0, 0.5]),
-             "weight-decay": torch.tensor([1e-3, 0.0, 1e-4])}
+    hyper = {"neg-lr": torch.tensor([-0.05, -0.1]), "momentum": torch.tensor([0.9, 0.0]),
+             "weight-decay": torch.tensor([1e-3, 0.0])}
     return terms, CohortTask(1, [0, 1, 2], global_params, ClientInputs(per_client=per_client),
                              run_params={n: torch.stack([v, v + 0.01])
                                          for n, v in global_params.items()},
                              run_shared={n: torch.stack([v] * 2) for n, v in shared.items()},
-                             run_of=(0, 1, 1), hyper_rows=hyper)
+                             run_of=(0, 1, 1), run_hyper=hyper)
 
 
 @pytest.mark.parametrize("fused", [False, True])

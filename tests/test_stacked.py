@@ -64,8 +64,8 @@ def count_fused_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def record_batched_tasks(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    """Per joint call: its clients, the rows of its runs' models and shared inputs, and each
-    client's run."""
+    """Per joint call: its clients, the rows of its runs' models, shared inputs and SGD
+    settings (None: the same for all), and each client's run."""
     from fedwsa.clients.batched import BatchedTrainer
 
     tasks: list[tuple] = []
@@ -75,7 +75,9 @@ def record_batched_tasks(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         if task.run_params is not None:
             tasks.append((len(task.client_ids),
                           *{len(v) for v in task.run_params.values()},
-                          *{len(v) for v in task.run_shared.values()}, task.run_of))
+                          *{len(v) for v in task.run_shared.values()},
+                          *({len(v) for v in task.run_hyper.values()} if task.run_hyper
+                            else {None}), task.run_of))
         return real(self, task)
 
     monkeypatch.setattr(BatchedTrainer, "train", recording)
@@ -92,9 +94,12 @@ def test_stacked_grid_equals_running_the_cells_one_by_one(
     cell's global model in one pass, as on a GPU (the synthetic set is drawn from the seed:
     one pass per seed)."""
     calls = count_fused_calls(monkeypatch)
+    tasks = record_batched_tasks(monkeypatch)
     passes = count_evaluation_passes(monkeypatch, per_pass=16)
     stacked, single = run_both(tmp_path, STRATEGIES, [0, 1], {"lr": [0.01, 0.02]})
     assert calls == [4] * 2 * 2 * 2  # 2 rounds x 2 nodes x 2 seeds (2 strategies x 2 lr)
+    # Each joint call's lr, momentum and weight decay: one row per run, not per client.
+    assert [task[1:4] for task in tasks] == [(4, 4, 4)] * 8
     assert passes[:6] == [4] * 6  # rounds 0, 1, 2 x 2 seeds, stacked; then one by one
     assert passes[6:] == [1] * 8 * 3
     cells = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
@@ -135,7 +140,7 @@ def test_cells_that_train_alike_share_one_batched_call_and_equal_one_by_one(
                                {"num-server-rounds": 3})
     assert calls == [12] * 3 * 2  # 3 rounds x 2 nodes
     # Each joint call holds every run's model and shared inputs once, not once per client.
-    assert tasks == [(24, 12, 12, tuple(r for r in range(12) for _ in range(2)))] * 6
+    assert tasks == [(24, 12, 12, None, tuple(r for r in range(12) for _ in range(2)))] * 6
     names = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
     assert len(names) == 12
     for name in names:
@@ -426,5 +431,11 @@ def test_a_task_of_several_runs_names_each_clients_run() -> None:
         CohortTask(1, [0, 1], {"w": torch.zeros(3)}, run_params=models)
     with pytest.raises(ValueError, match="run_of has 1 entries for 2 clients"):
         CohortTask(1, [0, 1], {"w": torch.zeros(3)}, run_params=models, run_of=(0,))
-    task = CohortTask(1, [0, 1, 2], {"w": torch.zeros(3)}, run_params=models, run_of=(0, 1, 1))
-    assert task.subset([2, 0]).run_of == (1, 0)
+    with pytest.raises(ValueError, match="run_hyper needs run_of"):
+        CohortTask(1, [0, 1], {"w": torch.zeros(3)}, run_hyper={"momentum": torch.zeros(2)})
+    hyper = {"momentum": torch.tensor([0.9, 0.0])}
+    task = CohortTask(1, [0, 1, 2], {"w": torch.zeros(3)}, run_params=models, run_of=(0, 1, 1),
+                      run_hyper=hyper)
+    part = task.subset([2, 0])
+    assert part.run_of == (1, 0)
+    assert part.run_params is models and part.run_hyper is hyper  # per run: kept whole

@@ -229,10 +229,12 @@ class _Round:
     # (on the CPU: only a chunk's rows go to the device, so a model-sized per-client input,
     # e.g. SCAFFOLD's c - c_i, costs a chunk's worth of GPU memory, not the cohort's)
     row: dict[int, int]                  # client id -> its row
-    # Clients of several runs: each run's model and shared inputs, one row per run, moved to
-    # the device once per call (a chunk's rows are gathered there, not on the host).
+    # Clients of several runs: each run's model, shared inputs and lr/momentum/weight decay,
+    # one row per run, moved to the device once per call (a chunk's rows are gathered there,
+    # not on the host).
     run_params: dict[str, torch.Tensor] | None = None
     run_shared: dict[str, torch.Tensor] | None = None
+    run_hyper: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -383,7 +385,8 @@ class BatchedTrainer:
                       term_inputs(self.terms, task.inputs.shared, dev),
                       dict(task.inputs.per_client),
                       {c: i for i, c in enumerate(task.client_ids)},
-                      on_device(task.run_params), on_device(task.run_shared))
+                      on_device(task.run_params), on_device(task.run_shared),
+                      on_device(task.run_hyper))
 
     def train(self, task: CohortTask) -> CohortResult:
         sizes = {c: self.data.client_size(c) for c in task.client_ids}
@@ -474,7 +477,7 @@ class BatchedTrainer:
             return _ChunkInputs(rnd.global_params, rnd.shared, own, False)
         runs = [task.run_of[r] for r in rows]  # each client's row of its run's arrays
         shared = term_inputs(self.terms, take_rows(rnd.run_shared or {}, runs), dev)
-        hyper = None if task.hyper_rows is None else pick(task.hyper_rows)
+        hyper = None if rnd.run_hyper is None else take_rows(rnd.run_hyper, runs)
         return _ChunkInputs(take_rows(rnd.run_params, runs), shared, own, True, hyper)
 
     def _outputs(self, inputs: _ChunkInputs, params: dict[str, torch.Tensor],

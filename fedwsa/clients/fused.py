@@ -197,9 +197,8 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
 
     hyper: dict[str, torch.Tensor] | None = None
     values = [(c.lr, c.momentum, c.weight_decay) for _, c in runs]
-    if len(set(values)) > 1:  # each client's own; else the trainer's scalars (same bits)
-        per_client = [values[r] for r, _ in owner]
-        hyper = {name: torch.tensor([v[i] for v in per_client], dtype=torch.float32)
+    if len(set(values)) > 1:  # each run's own; else the trainer's scalars (same bits)
+        hyper = {name: torch.tensor([v[i] for v in values], dtype=torch.float32)
                  for i, name in enumerate(("neg-lr", "momentum", "weight-decay"))}
         hyper["neg-lr"] = -hyper["neg-lr"]
     request0 = runs[0][0]
@@ -207,7 +206,7 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
                       ClientInputs(per_client=stacked(own, len(owner))),
                       run_params=stacked(starts, len(runs)),
                       run_shared=stacked(shared, len(runs)), run_of=tuple(r for r, _ in owner),
-                      hyper_rows=hyper)
+                      run_hyper=hyper)
     result = trainer.train(task).finite_only()
     rows = {owner[row.client_id]: row for row in result.rows()}
     replies = []

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fedwsa.algorithms.base import ClientInputs, ClientTerm, own_arrays, take_rows
+from fedwsa.algorithms.base import ClientInputs, ClientTerm, own_arrays
 from fedwsa.config import Config
 from fedwsa.protocol import TrainReply
 
@@ -65,13 +65,16 @@ class CohortTask:
     run_params: dict[str, torch.Tensor] | None = None
     run_shared: dict[str, torch.Tensor] | None = None
     run_of: tuple[int, ...] | None = None
-    # Each client's local SGD ``lr``, ``momentum`` and ``weight-decay`` ([clients] each), when
-    # fused runs differ in them; None: the trainer's ``LocalSettings`` for every client.
-    hyper_rows: dict[str, torch.Tensor] | None = None
+    # Each run's local SGD ``-lr``, ``momentum`` and ``weight-decay`` ([runs] each, a client's
+    # row by ``run_of``), when fused runs differ in them; None: the trainer's ``LocalSettings``
+    # for every client.
+    run_hyper: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if (self.run_params is None) != (self.run_of is None):
             raise ValueError("run_params and run_of come together (clients of several runs)")
+        if self.run_hyper is not None and self.run_of is None:
+            raise ValueError("run_hyper needs run_of (each client's run)")
         if self.run_of is not None and len(self.run_of) != len(self.client_ids):
             raise ValueError(f"run_of has {len(self.run_of)} entries for "
                              f"{len(self.client_ids)} clients")
@@ -80,14 +83,10 @@ class CohortTask:
         """The same task for some of its clients (their rows of the per-client inputs)."""
         pos = {c: i for i, c in enumerate(self.client_ids)}
         rows = [pos[c] for c in client_ids]
-
-        def pick(arrays: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-            return None if arrays is None else take_rows(arrays, rows)
-
         run_of = None if self.run_of is None else tuple(self.run_of[i] for i in rows)
         return CohortTask(self.server_round, list(client_ids), self.global_params,
                           self.inputs.rows(rows), self.run_params, self.run_shared, run_of,
-                          pick(self.hyper_rows))
+                          self.run_hyper)
 
 
 def term_inputs(terms: Sequence[ClientTerm], arrays: dict[str, torch.Tensor],
