@@ -432,14 +432,17 @@ def terms_and_inputs(global_params: Mapping[str, Tensor]
 
 def cohort_task(global_params: dict[str, Tensor], fused: bool) -> tuple[list[ClientTerm],
                                                                         CohortTask]:
-    """All inputs on the CPU; ``fused``: as ``train_fused`` builds it (per-client start
-    weights, shared inputs and lr/momentum/weight decay rows)."""
+    """All inputs on the CPU; ``fused``: as ``train_fused`` builds it (per-run start weights,
+    shared inputs and lr/momentum/weight decay rows, and a table of per-client rows that two
+    clients share)."""
     terms, shared, per_client = terms_and_inputs(global_params)
     if not fused:
         return terms, CohortTask(1, [0, 1, 2], global_params, ClientInputs(shared, per_client))
     hyper = {"neg-lr": torch.tensor([-0.05, -0.1]), "momentum": torch.tensor([0.9, 0.0]),
              "weight-decay": torch.tensor([1e-3, 0.0])}
-    return terms, CohortTask(1, [0, 1, 2], global_params, ClientInputs(per_client=per_client),
+    table = {n: v[:2] for n, v in per_client.items()}
+    return terms, CohortTask(1, [0, 1, 2], global_params, ClientInputs(per_client=table),
+                             own_of={n: (0, 1, 1) for n in table},
                              run_params={n: torch.stack([v, v + 0.01])
                                          for n, v in global_params.items()},
                              run_shared={n: torch.stack([v] * 2) for n, v in shared.items()},

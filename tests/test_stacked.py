@@ -63,21 +63,26 @@ def count_fused_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def record_batched_tasks(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+def record_batched_tasks(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Per joint call: its clients, the rows of its runs' models, shared inputs and SGD
-    settings (None: the same for all), and each client's run."""
+    settings (None: the same for all), each client's run, and the rows of each per-client
+    input's table."""
     from fedwsa.clients.batched import BatchedTrainer
 
-    tasks: list[tuple] = []
+    tasks: list[dict] = []
     real = BatchedTrainer.train
+
+    def rows(arrays: dict | None) -> int | None:
+        counts = {len(v) for v in (arrays or {}).values()}
+        assert len(counts) <= 1, counts  # every array of a kind has the same rows
+        return counts.pop() if counts else None
 
     def recording(self, task):  # type: ignore[no-untyped-def]
         if task.run_params is not None:
-            tasks.append((len(task.client_ids),
-                          *{len(v) for v in task.run_params.values()},
-                          *{len(v) for v in task.run_shared.values()},
-                          *({len(v) for v in task.run_hyper.values()} if task.run_hyper
-                            else {None}), task.run_of))
+            tasks.append({"clients": len(task.client_ids), "models": rows(task.run_params),
+                          "shared": rows(task.run_shared), "hyper": rows(task.run_hyper),
+                          "run_of": task.run_of,
+                          "table": {n: len(v) for n, v in task.inputs.per_client.items()}})
         return real(self, task)
 
     monkeypatch.setattr(BatchedTrainer, "train", recording)
@@ -99,7 +104,8 @@ def test_stacked_grid_equals_running_the_cells_one_by_one(
     stacked, single = run_both(tmp_path, STRATEGIES, [0, 1], {"lr": [0.01, 0.02]})
     assert calls == [4] * 2 * 2 * 2  # 2 rounds x 2 nodes x 2 seeds (2 strategies x 2 lr)
     # Each joint call's lr, momentum and weight decay: one row per run, not per client.
-    assert [task[1:4] for task in tasks] == [(4, 4, 4)] * 8
+    assert [(t["clients"], t["models"], t["hyper"], t["run_of"], t["table"]) for t in tasks] \
+        == [(8, 4, 4, (0, 0, 1, 1, 2, 2, 3, 3), {})] * 8  # no per-client inputs
     assert passes[:6] == [4] * 6  # rounds 0, 1, 2 x 2 seeds, stacked; then one by one
     assert passes[6:] == [1] * 8 * 3
     cells = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
@@ -139,8 +145,14 @@ def test_cells_that_train_alike_share_one_batched_call_and_equal_one_by_one(
     stacked, single = run_both(tmp_path, strategies, [0], {"alpha": [0.3, 1.0]},
                                {"num-server-rounds": 3})
     assert calls == [12] * 3 * 2  # 3 rounds x 2 nodes
-    # Each joint call holds every run's model and shared inputs once, not once per client.
-    assert tasks == [(24, 12, 12, None, tuple(r for r in range(12) for _ in range(2)))] * 6
+    # Each joint call holds every run's model and shared inputs once, not once per client,
+    # and SCAFFOLD's c - c_i for its 2 runs' 4 clients plus ONE zero row for the 20 others.
+    scaffold = {f"scaffold/{n}": 5 for n in ("conv1.weight", "conv1.bias", "conv2.weight",
+                                           "conv2.bias", "fc1.weight", "fc1.bias", "fc2.weight",
+                                           "fc2.bias", "fc3.weight", "fc3.bias")}
+    assert tasks == [{"clients": 24, "models": 12, "shared": 12, "hyper": None,
+                      "run_of": tuple(r for r in range(12) for _ in range(2)),
+                      "table": scaffold}] * 6
     names = sorted(p.name for p in single.iterdir() if (p / "config.json").exists())
     assert len(names) == 12
     for name in names:
@@ -424,6 +436,7 @@ def test_a_task_of_several_runs_names_each_clients_run() -> None:
     the wrong model: refused when the task is built."""
     import torch
 
+    from fedwsa.algorithms.base import ClientInputs
     from fedwsa.clients.trainer import CohortTask
 
     models = {"w": torch.zeros(2, 3)}
@@ -439,3 +452,23 @@ def test_a_task_of_several_runs_names_each_clients_run() -> None:
     part = task.subset([2, 0])
     assert part.run_of == (1, 0)
     assert part.run_params is models and part.run_hyper is hyper  # per run: kept whole
+    # A table of per-client rows (clients 1 and 2 share row 1): each key names every client's
+    # row, and a subset keeps the table and maps the rows.
+    table = ClientInputs(per_client={"t/a": torch.tensor([[1.0], [2.0]]),
+                                     "t/b": torch.tensor([[5.0], [6.0], [7.0]])})
+    with pytest.raises(ValueError, match=r"own_of names \['t/a'\], the per-client inputs are"):
+        CohortTask(1, [0, 1, 2], {"w": torch.zeros(3)}, table, own_of={"t/a": (0, 1, 1)})
+    with pytest.raises(ValueError, match=r"own_of of \['t/b'\] has no row for some of the 3"):
+        CohortTask(1, [0, 1, 2], {"w": torch.zeros(3)}, table,
+                   own_of={"t/a": (0, 1, 1), "t/b": (0, 1)})
+    with pytest.raises(ValueError, match=r"own_of of \['t/a'\] names rows its table does not"):
+        CohortTask(1, [0, 1, 2], {"w": torch.zeros(3)}, table,
+                   own_of={"t/a": (0, 1, 2), "t/b": (0, 1, 2)})
+    shared_rows = CohortTask(1, [0, 1, 2], {"w": torch.zeros(3)}, table,
+                             own_of={"t/a": (0, 1, 1), "t/b": (2, 0, 1)})
+    got = shared_rows.own_rows([2, 0])
+    assert got["t/a"].tolist() == [[2.0], [1.0]] and got["t/b"].tolist() == [[6.0], [7.0]]
+    part = shared_rows.subset([2, 1])
+    assert part.inputs is table and part.own_of == {"t/a": (1, 1), "t/b": (1, 0)}
+    assert {n: v.tolist() for n, v in part.own_rows([0, 1]).items()} == \
+        {"t/a": [[2.0], [2.0]], "t/b": [[6.0], [5.0]]}

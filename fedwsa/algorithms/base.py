@@ -64,7 +64,8 @@ class ClientInputs:
     """What the server sends a cohort besides the global model, namespaced by part.
 
     ``shared``: one array for every client. ``per_client``: one row per client, stacked on
-    axis 0 in the order of the cohort's client ids."""
+    axis 0 in the order of the cohort's client ids (unless a ``CohortTask.own_of`` maps the
+    clients to rows that some of them share: then ``CohortTask.own_rows`` reads them)."""
 
     shared: Tensors = field(default_factory=dict)
     per_client: Tensors = field(default_factory=dict)

@@ -220,15 +220,14 @@ TermArrays = dict[str, dict[str, torch.Tensor]]  # term name -> its arrays
 
 @dataclass
 class _Round:
-    """What every chunk of one ``train`` call shares (on the device but ``per_client``)."""
+    """What every chunk of one ``train`` call shares (on the device; the per-client inputs
+    stay on the host)."""
 
     task: CohortTask
     global_params: dict[str, torch.Tensor]
     shared: TermArrays
-    per_client: dict[str, torch.Tensor]  # namespaced, rows in task.client_ids order, as sent
-    # (on the CPU: only a chunk's rows go to the device, so a model-sized per-client input,
-    # e.g. SCAFFOLD's c - c_i, costs a chunk's worth of GPU memory, not the cohort's)
-    row: dict[int, int]                  # client id -> its row
+    row: dict[int, int]  # client id -> its position (the per-client inputs stay on the host:
+    # ``CohortTask.own_rows`` sends a chunk's rows)
     # Clients of several runs: each run's model, shared inputs and lr/momentum/weight decay,
     # one row per run, moved to the device once per call (a chunk's rows are gathered there,
     # not on the host).
@@ -383,7 +382,6 @@ class BatchedTrainer:
 
         return _Round(task, {n: v.to(dev) for n, v in task.global_params.items()},
                       term_inputs(self.terms, task.inputs.shared, dev),
-                      dict(task.inputs.per_client),
                       {c: i for i, c in enumerate(task.client_ids)},
                       on_device(task.run_params), on_device(task.run_shared),
                       on_device(task.run_hyper))
@@ -466,13 +464,8 @@ class BatchedTrainer:
     def _chunk_inputs(self, rnd: _Round, chunk: list[int]) -> _ChunkInputs:
         """The chunk's rows of the per-client inputs (and, for clients of several runs, of
         their global models and shared inputs), on the device."""
-        rows, dev = [rnd.row[c] for c in chunk], self.data.device
-
-        def pick(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return take_rows(arrays, rows, dev)
-
-        own = term_inputs(self.terms, pick(rnd.per_client), dev)
-        task = rnd.task
+        rows, dev, task = [rnd.row[c] for c in chunk], self.data.device, rnd.task
+        own = term_inputs(self.terms, task.own_rows(rows, dev), dev)
         if rnd.run_params is None or task.run_of is None:
             return _ChunkInputs(rnd.global_params, rnd.shared, own, False)
         runs = [task.run_of[r] for r in rows]  # each client's row of its run's arrays

@@ -9,20 +9,20 @@ cohort: each keeps its own partition, its own data and augmentation stream (its 
 its own id), starts from its own run's global model, and its terms see its own run's inputs (a
 FedProx mu, a WSA target, SCAFFOLD's c - c_i), all as rows of one stack.
 
-Client terms need not match either. The call runs the union of the runs' terms, and a client
-of a run without one of them gets the term's idle inputs (``ClientTerm.idle_inputs``: mu = 0,
-beta = 0, c - c_i = 0), under which the term adds exact zeros. So NIID-Bench's whole grid
-(fedavg, fedprox, scaffold, fednova, fedwsa, cart) is one ``vmap`` call per node and round
-instead of one per distinct set of terms. The price is the terms' work on every row (WSA's
-scope KL, a model-sized zero c - c_i): small beside a client's forward and backward pass (on
-2 CPU cores the one call was 1.16x faster, ``benchmarks/fused_terms.py``). The zero c - c_i
-is held per client too: one model's size per client of a run without SCAFFOLD, negligible
-for the simple CNN, 45 MB per client for a ResNet-18 (large grids then train in smaller
-chunks). One hazard: a diverging client whose layer variance overflows float32 (weights near
-1e18) gets 0 * inf = NaN from an idle WSA term and is counted as failed, where alone it could
-still be finite for a while. Runs still train apart when a term they share acts differently
-(WSA on other layers), and runs with SCAFFOLD, which steps with the learning rate itself,
-only train with runs of the same lr.
+Client terms need not match either. The call runs the union of the runs' terms, and a client of
+a run without one of them gets the term's idle inputs (``ClientTerm.idle_inputs``: mu = 0, beta
+= 0, c - c_i = 0), under which the term adds exact zeros. So NIID-Bench's whole grid (fedavg,
+fedprox, scaffold, fednova, fedwsa, cart) is one ``vmap`` call per node and round instead of one
+per distinct set of terms. The price is the terms' work on every row (WSA's scope KL, a
+model-sized zero c - c_i): small beside a client's forward and backward pass (on 2 CPU cores the
+one call was 1.16x faster, ``benchmarks/fused_terms.py``). The zero c - c_i is one row on the
+node's host for all the clients without SCAFFOLD (``CohortTask.own_of``), but a chunk on the
+device holds a copy per client: negligible for the simple CNN, 45 MB per client for a ResNet-18
+(large grids then train in smaller chunks). One hazard: a diverging client whose layer variance
+overflows float32 (weights near 1e18) gets 0 * inf = NaN from an idle WSA term and is counted as
+failed, where alone it could still be finite for a while. Runs still train apart when a term
+they share acts differently (WSA on other layers), and runs with SCAFFOLD, which steps with the
+learning rate itself, only train with runs of the same lr.
 
 Clients never mix inside ``vmap``, and on a CPU every client's result is bit-identical whatever
 it is batched with, so a fused run gives the numbers it would give alone
@@ -159,13 +159,20 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
     owner: list[tuple[int, int]] = []  # virtual id -> (run, client id)
     starts: dict[str, list[torch.Tensor]] = {}  # per run, not per client (CohortTask.run_of)
     shared: dict[str, list[torch.Tensor]] = {}
-    own: dict[str, list[torch.Tensor]] = {}
+    own: dict[str, list[torch.Tensor]] = {}  # per input: a table of rows (CohortTask.own_of)
+    own_of: dict[str, list[int]] = {}         # per input: each client's row in its table
+    idle_row: dict[str, int] = {}             # per idle input: its one row, for every client
+
+    def add_row(name: str, value: torch.Tensor) -> int:
+        own.setdefault(name, []).append(value)
+        return len(own[name]) - 1
+
     for r, ((request, config), data) in enumerate(zip(runs, datas, strict=True)):
         if data.images is not first.images or not torch.equal(data.mean, first.mean):
             raise ValueError("runs fused on a node must share the train set and its pixels")
         lacking = [idle[n] for n in union if n not in names[r]]
         run_shared = dict(request.shared)
-        same_own: Tensors = {}  # the idle terms' own inputs: one row for every client
+        same_own: Tensors = {}  # the idle terms' own inputs: the same for every client
         for idle_shared, idle_own in lacking:
             run_shared.update(idle_shared)
             same_own.update(idle_own)
@@ -176,10 +183,12 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
             owner.append((r, cid))
             partitions.append(data.partitions[cid])
             streams.append((config.seed, cid))
-            for n, v in same_own.items():
-                own.setdefault(n, []).append(v)
+            for n, v in same_own.items():  # ``_idle_inputs``: one value per term, all runs
+                if n not in idle_row:
+                    idle_row[n] = add_row(n, v)
+                own_of.setdefault(n, []).append(idle_row[n])
             for n, v in request.per_client.items():
-                own.setdefault(n, []).append(v[k])
+                own_of.setdefault(n, []).append(add_row(n, v[k]))
     fused = NodeData(first.device, first.images, first.labels, first.mean, first.std,
                      first.num_classes, tuple(partitions), first.pad_mode, tuple(streams))
     # A term that steps with the trainer's scalar lr gets its runs' lr (``fuse_key``).
@@ -191,8 +200,8 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
 
     def stacked(rows: dict[str, list[torch.Tensor]], count: int) -> dict[str, torch.Tensor]:
         short = [n for n, v in rows.items() if len(v) != count]
-        if short:  # a row per run (or client) or the rows would pair with the wrong one
-            raise ValueError(f"inputs {short} are missing for some of the fused runs' clients")
+        if short:  # a row per run or the rows would pair with the wrong one
+            raise ValueError(f"inputs {short} are missing for some of the fused runs")
         return {n: torch.stack(v) for n, v in rows.items()}
 
     hyper: dict[str, torch.Tensor] | None = None
@@ -203,10 +212,10 @@ def train_fused(runs: Sequence[tuple[TrainRequest, Config]]) -> list[TrainReply]
         hyper["neg-lr"] = -hyper["neg-lr"]
     request0 = runs[0][0]
     task = CohortTask(request0.server_round, list(range(len(owner))), request0.global_params,
-                      ClientInputs(per_client=stacked(own, len(owner))),
+                      ClientInputs(per_client={n: torch.stack(v) for n, v in own.items()}),
                       run_params=stacked(starts, len(runs)),
                       run_shared=stacked(shared, len(runs)), run_of=tuple(r for r, _ in owner),
-                      run_hyper=hyper)
+                      run_hyper=hyper, own_of={n: tuple(v) for n, v in own_of.items()})
     result = trainer.train(task).finite_only()
     rows = {owner[row.client_id]: row for row in result.rows()}
     replies = []

@@ -62,7 +62,7 @@ class SequentialTrainer:
         n = data.client_size(cid)
         row = task.client_ids.index(cid)
         shared = term_inputs(self.terms, task.inputs.shared, device)
-        own = term_inputs(self.terms, {k: v[row] for k, v in task.inputs.per_client.items()},
+        own = term_inputs(self.terms, {k: v[0] for k, v in task.own_rows([row]).items()},
                           device)
         params = dict(self.model.named_parameters())
         corrections = [t for t in self.terms if t.overrides("correct_grad")]

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fedwsa.algorithms.base import ClientInputs, ClientTerm, own_arrays
+from fedwsa.algorithms.base import ClientInputs, ClientTerm, own_arrays, take_rows
 from fedwsa.config import Config
 from fedwsa.protocol import TrainReply
 
@@ -69,24 +69,56 @@ class CohortTask:
     # row by ``run_of``), when fused runs differ in them; None: the trainer's ``LocalSettings``
     # for every client.
     run_hyper: dict[str, torch.Tensor] | None = None
+    # Each client's row of each per-client input (``inputs.per_client`` is then a table whose
+    # rows clients may share: the idle inputs of a term its run lacks, e.g. a model-sized zero
+    # c - c_i, are one row for all such clients instead of a copy each); None: row i is client
+    # i's.
+    own_of: dict[str, tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         if (self.run_params is None) != (self.run_of is None):
             raise ValueError("run_params and run_of come together (clients of several runs)")
         if self.run_hyper is not None and self.run_of is None:
             raise ValueError("run_hyper needs run_of (each client's run)")
+        if self.own_of is not None:
+            if set(self.own_of) != set(self.inputs.per_client):
+                raise ValueError(f"own_of names {sorted(self.own_of)}, the per-client inputs "
+                                 f"are {sorted(self.inputs.per_client)}")
+            wrong = [n for n, rows in self.own_of.items() if len(rows) != len(self.client_ids)]
+            if wrong:
+                raise ValueError(f"own_of of {wrong} has no row for some of the "
+                                 f"{len(self.client_ids)} clients")
+            outside = [n for n, rows in self.own_of.items()
+                       if rows and not 0 <= min(rows) <= max(rows) < len(self.inputs.per_client[n])]
+            if outside:
+                raise ValueError(f"own_of of {outside} names rows its table does not have")
         if self.run_of is not None and len(self.run_of) != len(self.client_ids):
             raise ValueError(f"run_of has {len(self.run_of)} entries for "
                              f"{len(self.client_ids)} clients")
 
     def subset(self, client_ids: Sequence[int]) -> CohortTask:
-        """The same task for some of its clients (their rows of the per-client inputs)."""
+        """The same task for some of its clients (their rows of the per-client inputs; with
+        ``own_of``, the same table and their rows of it)."""
         pos = {c: i for i, c in enumerate(self.client_ids)}
         rows = [pos[c] for c in client_ids]
         run_of = None if self.run_of is None else tuple(self.run_of[i] for i in rows)
-        return CohortTask(self.server_round, list(client_ids), self.global_params,
-                          self.inputs.rows(rows), self.run_params, self.run_shared, run_of,
-                          self.run_hyper)
+        if self.own_of is None:
+            return CohortTask(self.server_round, list(client_ids), self.global_params,
+                              self.inputs.rows(rows), self.run_params, self.run_shared, run_of,
+                              self.run_hyper)
+        own_of = {n: tuple(of[i] for i in rows) for n, of in self.own_of.items()}
+        return CohortTask(self.server_round, list(client_ids), self.global_params, self.inputs,
+                          self.run_params, self.run_shared, run_of, self.run_hyper, own_of)
+
+    def own_rows(self, positions: Sequence[int], device: torch.device | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """The per-client inputs of the clients at ``positions``, stacked in that order (moved
+        to ``device`` when given: the trainer sends only a chunk's rows, so a model-sized
+        per-client input costs a chunk's worth of device memory, not the cohort's)."""
+        if self.own_of is None:
+            return take_rows(self.inputs.per_client, positions, device)
+        return {n: take_rows({n: v}, [self.own_of[n][p] for p in positions], device)[n]
+                for n, v in self.inputs.per_client.items()}
 
 
 def term_inputs(terms: Sequence[ClientTerm], arrays: dict[str, torch.Tensor],
