@@ -349,3 +349,45 @@ def test_cuda_batched_trainer_matches_the_cpu_sequential_trainer(strategy: str,
     for name in g:
         torch.testing.assert_close(bat.params[name].cpu(), ref.params[name], rtol=1e-4,
                                    atol=1e-5)
+
+
+def test_worker_threads_build_the_modules_once_however_many_ask_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers ask for their gradient function at once. Without the build lock both built
+    the modules, the second copying the first worker's module while that one may already
+    train with it (vmap's wrappers swapped in: "Cannot access storage of TensorWrapper", seen
+    in a loaded CI run). With it the modules are built once (one copy for the second worker)
+    and both get functions over that one set. A slow copy holds the first builder in the
+    window where the second asks."""
+    import copy
+    import threading
+    import time
+
+    real = copy.deepcopy
+    copies: list[int] = []
+
+    def slow_deepcopy(obj, memo=None):  # type: ignore[no-untyped-def]
+        if memo is None and isinstance(obj, nn.Module):  # a top-level copy of a module
+            copies.append(threading.get_ident())
+            time.sleep(0.5)
+        return real(obj, memo)
+
+    monkeypatch.setattr(batched.copy, "deepcopy", slow_deepcopy)
+    node = tiny_node((40, 40))
+    trainer = BatchedTrainer(build_model("simple-cnn", node.num_classes, seed=0), node,
+                             settings(), cpu_workers=2)
+    barrier = threading.Barrier(2)
+    got: dict[int, object] = {}
+
+    def ask(worker: int) -> None:
+        barrier.wait()
+        got[worker] = trainer._grad_fn("grouped", worker, False)
+
+    threads = [threading.Thread(target=ask, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(copies) == 1  # one build: the second worker's module, copied once
+    assert trainer._modules["grouped"][0] is trainer.model
+    assert got == dict(enumerate(trainer._grads["grouped", False]))

@@ -298,6 +298,10 @@ class BatchedTrainer:
         self._output_terms = [t for t in self.terms if t.overrides("outputs")]
         self._modules: dict[str, list[nn.Module]] = {}
         self._grads: dict[tuple[str, bool], list[Callable[..., Any]]] = {}
+        # Worker threads build the modules one at a time: a thread that copied a module while
+        # another trains with it (functional_call has swapped vmap's wrappers into it) fails
+        # with "Cannot access storage of TensorWrapper".
+        self._build_lock = threading.Lock()
 
     def _vmapped_grad(self, model: nn.Module, per_client: bool) -> Callable[..., Any]:
         """Per client: weights, images, labels, sample weights (and the terms' own inputs).
@@ -309,18 +313,19 @@ class BatchedTrainer:
 
     def _grad_fn(self, impl: str, worker: int, per_client: bool) -> Callable[..., Any]:
         """The vmapped gradient with convolutions run as ``impl``, for one worker thread."""
-        if impl not in self._modules:
-            make = CONV_IMPLS[impl]
-            model = (self.model if make is None else swap_convs(self.model, make)).to(
-                self.data.device)
-            # functional_call swaps the weights into the module while it runs, so every
-            # worker thread needs a module of its own.
-            self._modules[impl] = [copy.deepcopy(model) if w else model
-                                   for w in range(self.workers)]
-        if (impl, per_client) not in self._grads:
-            self._grads[impl, per_client] = [self._vmapped_grad(m, per_client)
-                                             for m in self._modules[impl]]
-        return self._grads[impl, per_client][worker]
+        with self._build_lock:
+            if impl not in self._modules:
+                make = CONV_IMPLS[impl]
+                model = (self.model if make is None else swap_convs(self.model, make)).to(
+                    self.data.device)
+                # functional_call swaps the weights into the module while it runs, so every
+                # worker thread needs a module of its own.
+                self._modules[impl] = [copy.deepcopy(model) if w else model
+                                       for w in range(self.workers)]
+            if (impl, per_client) not in self._grads:
+                self._grads[impl, per_client] = [self._vmapped_grad(m, per_client)
+                                                 for m in self._modules[impl]]
+            return self._grads[impl, per_client][worker]
 
     def _tune(self, inputs: _ChunkInputs, layout: ChunkLayout, worker: int) -> str:
         """auto's convolutions: the fastest of ``_conv_choices`` for one step of this chunk
