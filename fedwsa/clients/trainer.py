@@ -10,7 +10,7 @@ protocol, run the same ``ClientTerm`` hooks, and must give the same per-client r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -103,12 +103,10 @@ class CohortTask:
         rows = [pos[c] for c in client_ids]
         run_of = None if self.run_of is None else tuple(self.run_of[i] for i in rows)
         if self.own_of is None:
-            return CohortTask(self.server_round, list(client_ids), self.global_params,
-                              self.inputs.rows(rows), self.run_params, self.run_shared, run_of,
-                              self.run_hyper)
-        own_of = {n: tuple(of[i] for i in rows) for n, of in self.own_of.items()}
-        return CohortTask(self.server_round, list(client_ids), self.global_params, self.inputs,
-                          self.run_params, self.run_shared, run_of, self.run_hyper, own_of)
+            return replace(self, client_ids=list(client_ids), inputs=self.inputs.rows(rows),
+                           run_of=run_of)
+        return replace(self, client_ids=list(client_ids), run_of=run_of,
+                       own_of={n: tuple(of[i] for i in rows) for n, of in self.own_of.items()})
 
     def own_rows(self, positions: Sequence[int], device: torch.device | None = None
                  ) -> dict[str, torch.Tensor]:
