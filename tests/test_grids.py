@@ -37,3 +37,14 @@ def test_niid_bench_grids_hold_its_setting(name: str, clients: int, fraction: fl
     assert {k: config.to_dict()[k] for k in NIID_BENCH} == NIID_BENCH
     assert (config.num_clients, config.fraction_train, config.num_server_rounds) == (
         clients, fraction, rounds)
+
+
+def test_the_sweeps_that_share_fedavgs_reference_runs_share_its_setting() -> None:
+    """The server-optimiser sweep and the widened sweep compare with the defaults sweep's FedAvg
+    runs (docs/defaults-sweep.md), so every base key but the swept alpha must be the same."""
+    narrow = read_grid_file(GRIDS / "defaults-sweep.toml")["base"]
+    server_opt = read_grid_file(GRIDS / "server-opt-sweep.toml")
+    wide = read_grid_file(GRIDS / "defaults-sweep-wide.toml")
+    assert server_opt["base"] == narrow
+    assert wide["base"] == {k: v for k, v in narrow.items() if k != "alpha"}
+    assert narrow["alpha"] in wide["sweep"]["alpha"]
