@@ -45,7 +45,8 @@ CASES = [
      lambda: FedAvgM(server_learning_rate=0.7, server_momentum=0.9)),
     ("fedadam", {}, lambda: FedAdam()),
     ("fedyogi", {}, lambda: FedYogi()),
-    ("fedadagrad", {}, lambda: FedAdagrad()),
+    ("fedadagrad", {}, lambda: FedAdagrad(eta=0.01)),  # fedwsa's measured default eta
+    ("fedadagrad", {"server-lr": 0.1}, lambda: FedAdagrad()),  # Flower's default eta
     ("fedadam", {"server-lr": 0.05, "server-beta1": 0.8, "server-beta2": 0.95,
                  "server-tau": 0.01},
      lambda: FedAdam(eta=0.05, beta_1=0.8, beta_2=0.95, tau=0.01)),
@@ -99,7 +100,7 @@ def test_avgm_with_no_momentum_and_unit_lr_returns_the_merge(flower_identity: No
 
 # --- presets, combinations and bad input ------------------------------------------------------
 
-def test_presets_pick_flowers_defaults() -> None:
+def test_presets_pick_flowers_defaults_but_adagrads_measured_lr() -> None:
     def opt(**keys):
         return build_strategy(make_config({k.replace("_", "-"): v for k, v in keys.items()})
                               ).composition.optimizer
@@ -112,7 +113,7 @@ def test_presets_pick_flowers_defaults() -> None:
     yogi = opt(strategy="fedyogi")
     assert (yogi.eta, yogi.beta1, yogi.beta2, yogi.tau) == (0.01, 0.9, 0.99, 1e-3)
     adagrad = opt(strategy="fedadagrad")
-    assert (adagrad.eta, adagrad.beta1, adagrad.tau) == (0.1, 0.0, 1e-3)
+    assert (adagrad.eta, adagrad.beta1, adagrad.tau) == (0.01, 0.0, 1e-3)
     both = build_strategy(make_config({"strategy": "fedwsa-cart", "server-opt": "adam"}))
     assert [p.name for p in both.composition.all_parts()] == ["wsa", "cart", "adam"]
     assert opt(strategy="fedadam", server_opt="adam").name == "adam"
