@@ -87,9 +87,10 @@ KEYS = (
         "Server optimiser on the pseudo-gradient (auto: the strategy's own; none but for "
         f"{', '.join(n for n, p in PRESETS.items() if p.server_opt != 'none')})."),
     auto_number("server-lr", number(0.0, lo_open=True),
-                "Server learning rate eta (auto: Flower's default for the optimiser, avgm 1.0, "
-                "adam 0.1, yogi 0.01; adagrad 0.01, measured, where Flower's 0.1 did not "
-                "train)."),
+                "Server learning rate eta (auto: the optimiser's default, "
+                f"avgm {fedavgm.DEFAULTS['server_lr']:g}, "
+                + ", ".join(f"{k} {d['server_lr']:g}" for k, d in fedopt.DEFAULTS.items())
+                + "; Flower's but for adagrad, whose 0.1 did not train)."),
     *fedavgm.KEYS,
     *fedopt.KEYS,
     *fedprox.KEYS,
